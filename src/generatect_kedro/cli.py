@@ -115,5 +115,8 @@ def ingest(dicom_dir: Path, out_dir: Path, reports: Path | None, env: str | None
     )
 
 
+# Kedro loads `<package>.cli.cli` as project-specific `kedro` commands; ours live under `generatect`.
+cli = click.Group(name="generatect-kedro-project")
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

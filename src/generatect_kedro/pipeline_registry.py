@@ -20,6 +20,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines = find_pipelines(raise_errors=True)
     pipelines["ctrate_ingestion"] = create_ctrate_pipeline()
     downstream = sum((pipelines[name] for name in DOWNSTREAM if name in pipelines), Pipeline([]))
-    pipelines["__default__"] = pipelines["ingestion"] + downstream
+    pipelines["__default__"] = pipelines.get("ingestion", Pipeline([])) + downstream
     pipelines["ctrate"] = pipelines["ctrate_ingestion"] + downstream
     return pipelines

@@ -10,6 +10,8 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # conf/<env> overrides individual keys of conf/base instead of replacing whole top-level blocks.
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft", "deepspeed": "soft", "gates": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**"],
         "deepspeed": ["deepspeed*", "deepspeed*/**"],

@@ -1,0 +1,15 @@
+"""GenerateCT model modules: plain ``nn.Module``s with typed configs; no I/O, no hard-coded devices."""
+
+from generatect_kedro.models.ctvit import CTViT, CTViTConfig, CTViTOutput
+from generatect_kedro.models.discriminator import Discriminator, DiscriminatorConfig
+from generatect_kedro.models.vector_quantizer import CosineSimVQ, VQOutput
+
+__all__ = [
+    "CTViT",
+    "CTViTConfig",
+    "CTViTOutput",
+    "CosineSimVQ",
+    "Discriminator",
+    "DiscriminatorConfig",
+    "VQOutput",
+]
