@@ -4,6 +4,7 @@ the project, checked against what the phantom generator says it drew."""
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -140,13 +141,24 @@ def test_demo_run_end_to_end(tmp_path):
     assert volume.shape == (17, 32, 32) and volume.min() >= -1.0 and volume.max() <= 1.0
     assert (data / "08_reporting" / "data_quality" / "data_quality.html").is_file()
 
+    # CT-ViT: trained, validated against the mean-volume baseline, registered, every volume tokenised.
+    summary = json.loads((data / "08_reporting" / "ctvit" / "training_summary.json").read_text())
+    validation = summary["validation"]
+    assert validation["psnr_hu"] > validation["baseline_psnr_hu"] + 3.0, validation
+    tokens = pd.read_csv(data / "04_feature" / "ctvit_token_index.csv")
+    assert set(tokens["volume_id"]) == set(cohort["volume_id"])
+    assert (tokens[["t", "h", "w"]].drop_duplicates().to_numpy() == [[9, 4, 4]]).all()
+
     with sqlite3.connect(project / "mlflow.db") as db:
         runs = db.execute("select run_uuid from runs").fetchall()
         params = {k for (k,) in db.execute("select key from params")}
         metrics = {k for (k,) in db.execute("select key from metrics")}
         tags = dict(db.execute("select key, value from tags where key in ('git_commit', 'kedro_env')").fetchall())
+        aliases = db.execute("select name, alias from registered_model_aliases").fetchall()
     assert len(runs) == 1
     assert any(k.startswith("ingestion.") for k in params) and any(k.startswith("split.") for k in params)
     assert any(k.startswith("data_quality.") for k in metrics)
     assert tags["kedro_env"] == "demo" and tags["git_commit"]
+    assert ("generatect-ctvit", "challenger") in aliases
+    assert any(k.startswith("val/psnr") or "psnr" in k for k in metrics)
     assert_no_identifiers(data / "02_intermediate", identifiers_in(raw / "dicom"))

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 from safetensors import safe_open
-from safetensors.numpy import save
 
 from generatect_kedro.cohort.grids import GridVolume
 from generatect_kedro.utils.atomic import atomic_write_bytes
+from generatect_kedro.utils.safetensors_bytes import dumps_numpy
 
 ALLOWED_DTYPES = ("float16", "float32")
 
@@ -63,8 +63,8 @@ class GridVolumeDataset(AbstractDataset[GridVolume, GridVolume]):
             volume = volume.astype(self._dtype)
         if volume.dtype.name not in ALLOWED_DTYPES:
             raise DatasetError(f"grid volume must be float16 or float32, got {volume.dtype}")
-        payload = save(
+        payload = dumps_numpy(
             {"volume": np.ascontiguousarray(volume), "affine": np.ascontiguousarray(data.affine, dtype=np.float64)},
-            metadata={str(k): str(v) for k, v in data.meta.items()},
+            metadata=data.meta,
         )
         atomic_write_bytes(self._filepath, payload)

@@ -117,9 +117,14 @@ class ProgressBar:
     def __init__(self, *, total: int, initial: int, description: str, enabled: bool) -> None:
         self._bar = None
         if enabled and is_main_process():
+            import sys
+
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True)
+            # In logs (no terminal) every refresh is a new line: refresh every 30 s there instead of 10 times a second.
+            interval = 0.1 if sys.stderr.isatty() else 30.0
+            self._bar = tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True,
+                             mininterval=interval)
 
     def update(self, metrics: Mapping[str, float] | None = None) -> None:
         if self._bar is None:
