@@ -9,31 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from project_config import catalog_config
 
 from generatect_kedro import registry
 from generatect_kedro.cohort.grids import GridVolume
 from generatect_kedro.models.ctvit import CTViT, CTViTConfig
 from generatect_kedro.pipelines.ctvit import create_pipeline
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
 SHAPE = (9, 16, 16)
-
-
-def catalog_config(names: list[str], root: Path) -> dict:
-    out = {}
-    for name in names:
-        for key, entry in yaml.safe_load((CONF / f"catalog_{name}.yml").read_text()).items():
-            if entry["type"].startswith("kedro_mlflow."):
-                entry = entry["dataset"]
-            entry = dict(entry)
-            for field in ("filepath", "path"):
-                if field in entry:
-                    entry[field] = str(root / entry[field])
-            out[key] = entry
-    return out
 
 
 def grid(seed: int) -> GridVolume:

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from project_config import catalog_config, parameters
 
 from generatect_kedro.pipelines.data_quality import create_pipeline
 from generatect_kedro.quality.suites import DataQualityError
 from generatect_kedro.reports.labeler import LABEL_COLUMNS
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
-
-
-def catalog_config(name: str, root: Path) -> dict:
-    """conf/base/catalog_<name>.yml with data/ under `root`; MLflow wrappers unwrapped (no tracking in tests)."""
-    config = yaml.safe_load((CONF / f"catalog_{name}.yml").read_text())
-    out = {}
-    for key, entry in config.items():
-        if entry["type"].startswith("kedro_mlflow."):
-            entry = entry.get("dataset", {"type": "kedro.io.MemoryDataset"})
-        entry = dict(entry)
-        for field in ("filepath", "path"):
-            if field in entry:
-                entry[field] = str(root / entry[field])
-        out[key] = entry
-    return out
 
 
 def upstream(n: int = 12):
@@ -57,7 +40,7 @@ def upstream(n: int = 12):
 
 @pytest.fixture
 def params():
-    return yaml.safe_load((CONF / "parameters_data_quality.yml").read_text())["data_quality"]
+    return parameters("data_quality")
 
 
 def run(tmp_path, metadata, reports, manifest, params):

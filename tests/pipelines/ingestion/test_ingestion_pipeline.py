@@ -9,36 +9,22 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
+from project_config import catalog_config, parameters
 
 from generatect_kedro.dicom.writer import SeriesGeometry, StorageEncoding, write_ct_series
 from generatect_kedro.pipelines.ingestion import create_ctrate_pipeline, create_pipeline
 from generatect_kedro.utils.atomic import file_sha256
 from generatect_kedro.utils.identifiers import pseudonym
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
 SECRETS = ("PID-SECRET-1", "PID-SECRET-2", "DOE^JANE", "ROE^RICHARD", "DOE", "ROE")
 
 
 def project_catalog(tmp_path: Path, params_override: dict | None = None) -> DataCatalog:
-    """conf/base/catalog_ingestion.yml with every `data/…` path moved under tmp_path, plus the parameters.
-
-    The YAML goes through Kedro's config loader, so the `runtime_params` defaults are resolved as in a run.
-    """
-    loader = OmegaConfigLoader(str(CONF.parent), base_env="base", default_run_env="base")
-    config = {name: entry for name, entry in loader["catalog"].items()
-              if name in yaml.safe_load((CONF / "catalog_ingestion.yml").read_text())}
-    for entry in config.values():
-        for key in ("path", "filepath"):
-            if key in entry:
-                entry[key] = str(tmp_path / entry[key])
-    catalog = DataCatalog.from_config(config)
-    params = yaml.safe_load((CONF / "parameters_ingestion.yml").read_text())["ingestion"]
-    params.update(params_override or {})
-    catalog["params:ingestion"] = params
+    """conf/base/catalog_ingestion.yml with every `data/…` path moved under tmp_path, plus the parameters."""
+    catalog = DataCatalog.from_config(catalog_config("ingestion", tmp_path))
+    catalog["params:ingestion"] = {**parameters("ingestion"), **(params_override or {})}
     return catalog
 
 

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from project_config import catalog_config, parameters
 
 from generatect_kedro.pipelines.preprocessing import create_pipeline
 from generatect_kedro.volume import HUVolume
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
 TINY = {"lowres": {"shape": [17, 32, 32], "spacing_mm": [4.0, 3.0, 3.0]},
         "fullres": {"shape": [17, 64, 64], "spacing_mm": [4.0, 1.5, 1.5]}}
-
-
-def catalog_config(name: str, root: Path) -> dict:
-    config = yaml.safe_load((CONF / f"catalog_{name}.yml").read_text())
-    out = {}
-    for key, entry in config.items():
-        entry = dict(entry)
-        for field in ("filepath", "path"):
-            if field in entry:
-                entry[field] = str(root / entry[field])
-        out[key] = entry
-    return out
 
 
 def volumes():
@@ -46,7 +32,7 @@ def volumes():
 
 @pytest.mark.parametrize("mode", ["fixed_grid", "spacing_first"])
 def test_preprocessing_pipeline(tmp_path, mode):
-    params = yaml.safe_load((CONF / "parameters_preprocessing.yml").read_text())["preprocessing"]
+    params = parameters("preprocessing")
     params = {**params, "grids": TINY, "resize_mode": mode}
     hu_volumes, manifest = volumes()
     cohort = pd.DataFrame({"volume_id": ["vol-0", "vol-2"], "patient_key": ["p0", "p2"]})  # vol-1 not in cohort
@@ -85,7 +71,7 @@ def test_missing_hu_volume_is_an_error(tmp_path):
 
 
 def test_base_parameters_are_paper_scale():
-    params = yaml.safe_load((CONF / "parameters_preprocessing.yml").read_text())["preprocessing"]
+    params = parameters("preprocessing")
     assert params["grids"]["lowres"]["shape"] == [201, 128, 128]
     assert params["grids"]["fullres"]["shape"] == [201, 512, 512]
     assert params["hu_window"] == [-1000, 1000]

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from project_config import catalog_config, parameters
 
 from generatect_kedro.pipelines.split import create_pipeline
 from generatect_kedro.reports.labeler import LABEL_COLUMNS
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
-
-
-def catalog_config(name: str, root: Path) -> dict:
-    config = yaml.safe_load((CONF / f"catalog_{name}.yml").read_text())
-    out = {}
-    for key, entry in config.items():
-        if entry["type"].startswith("kedro_mlflow."):
-            entry = entry.get("dataset", {"type": "kedro.io.MemoryDataset"})
-        entry = dict(entry)
-        for field in ("filepath", "path"):
-            if field in entry:
-                entry[field] = str(root / entry[field])
-        out[key] = entry
-    return out
 
 
 def cohort(patients: int = 120) -> pd.DataFrame:
@@ -42,7 +26,7 @@ def cohort(patients: int = 120) -> pd.DataFrame:
 
 
 def test_split_pipeline_writes_splits_and_summary(tmp_path):
-    params = yaml.safe_load((CONF / "parameters_split.yml").read_text())["split"]
+    params = parameters("split")
     catalog = DataCatalog.from_config(catalog_config("split", tmp_path))
     catalog["cohort"] = MemoryDataset(cohort())
     catalog["params:split"] = MemoryDataset(params)
