@@ -2,6 +2,9 @@
 
 from generatect_kedro.models.ctvit import CTViT, CTViTConfig, CTViTOutput
 from generatect_kedro.models.discriminator import Discriminator, DiscriminatorConfig
+from generatect_kedro.models.maskgit import MaskGIT, MaskGITConfig, MaskGITContext
+from generatect_kedro.models.maskgit_sampling import MaskGITSamplerConfig, sample_tokens
+from generatect_kedro.models.token_critic import TokenCritic, critic_config
 from generatect_kedro.models.vector_quantizer import CosineSimVQ, VQOutput
 
 __all__ = [
@@ -11,5 +14,12 @@ __all__ = [
     "CosineSimVQ",
     "Discriminator",
     "DiscriminatorConfig",
+    "MaskGIT",
+    "MaskGITConfig",
+    "MaskGITContext",
+    "MaskGITSamplerConfig",
+    "TokenCritic",
     "VQOutput",
+    "critic_config",
+    "sample_tokens",
 ]

@@ -154,6 +154,8 @@ class Attention(nn.Module):
             return None
         i, j = q.shape[-2], k.shape[-2]
         if attn_bias is not None:
+            if attn_bias.ndim == 3:  # (heads, i, j) → 4-D: a 3-D mask sends CPU SDPA to its O(N²)-memory math kernel
+                attn_bias = attn_bias.unsqueeze(0)
             out = F.pad(attn_bias.to(q.dtype), (self.num_null_kv, 0), value=0.0)
         else:
             out = q.new_zeros(1, 1, i, j)

@@ -1,0 +1,140 @@
+"""MaskGIT timings and memory on this machine: training step (fwd+bwd) and guided sampling, cached vs not.
+
+Usage: ``.venv/bin/python benchmarks/bench_maskgit.py [--quick] [--threads N] [--paper-depth D]``
+
+Each case runs in a fresh subprocess, so its peak RSS (ru_maxrss) minus the RSS after building the model is
+that case's activation peak ("peak Δ RSS"). Sampling uses classifier-free guidance (one batched pass of 2b
+per step). Paper-scale sampling is timed per step (1 step, and the context preparation the cache saves)
+and extrapolated to 18 steps: a full paper-scale volume takes many minutes on 2 CPU cores. CPU numbers only;
+on a shared machine they vary with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from generatect_kedro.losses.maskgit_loss import masked_token_loss
+from generatect_kedro.models.maskgit import MaskGIT, MaskGITConfig
+from generatect_kedro.models.maskgit_sampling import MaskGITSamplerConfig, sample_tokens
+
+DEMO = dict(num_tokens=512, dim=64, dim_context=384, depth=2, heads=4, dim_head=16, max_seq_len=256)
+PAPER: dict = {}  # MaskGITConfig defaults: 8192 tokens, dim 512, depth 6, heads 8×64, T5 768
+TEXT_LEN = {"demo": 32, "paper": 64}
+
+# name, config, grid, text, kind, batch, repeats
+CASES = [
+    ("demo   9×4×4 train", DEMO, (9, 4, 4), "demo", "train", 4, 5),
+    ("demo   9×4×4 sample 18 steps, cache", DEMO, (9, 4, 4), "demo", "sample", 1, 3),
+    ("demo   9×4×4 sample 18 steps, no cache", DEMO, (9, 4, 4), "demo", "sample_nocache", 1, 3),
+]
+PAPER_CASES = [
+    ("paper 101×8×8 forward (no grad)", PAPER, (101, 8, 8), "paper", "forward", 1, 1),
+    ("paper 101×8×8 guided step, cache", PAPER, (101, 8, 8), "paper", "step", 1, 1),
+    ("paper 101×8×8 context prep (per step w/o cache)", PAPER, (101, 8, 8), "paper", "context", 1, 2),
+]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: str, batch: int, repeats: int) -> dict:
+    """Child-process body: build, warm up (when repeating), time ``repeats`` runs, report the activation peak."""
+    torch.manual_seed(0)
+    config = MaskGITConfig(**overrides)
+    model = MaskGIT(config).train(kind == "train")
+    n = math.prod(grid)
+    text = torch.randn(batch, TEXT_LEN[text_key], config.dim_context)
+    mask = torch.ones(batch, TEXT_LEN[text_key], dtype=torch.bool)
+    ids = torch.randint(0, config.num_tokens, (batch, *grid))
+    gen = torch.Generator().manual_seed(0)
+    base = rss_mb()
+
+    def once() -> float:
+        """One run; returns the seconds of the measured region."""
+        start = time.perf_counter()
+        if kind == "train":
+            loss, _ = masked_token_loss(model, ids, text, mask, cond_drop_prob=0.1, generator=gen)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        elif kind in ("sample", "sample_nocache"):
+            cfg = MaskGITSamplerConfig(use_cache=kind == "sample")
+            sample_tokens(model, text, mask, grid, config=cfg, generator=gen)
+        elif kind == "forward":
+            with torch.no_grad():
+                model(ids, text, mask)
+        elif kind == "step":  # one guided step on a prepared context: what the cached sampler repeats
+            with torch.no_grad():
+                ctx = model.prepare_context(text, mask, grid, guidance=True)
+                start = time.perf_counter()
+                model.forward_with_cond_scale(ids.flatten(1), grid_shape=grid, cond_scale=5.0, context=ctx)
+        elif kind == "context":  # what the uncached sampler recomputes every step
+            with torch.no_grad():
+                model.prepare_context(text, mask, grid, guidance=True)
+        return time.perf_counter() - start
+
+    times = [once() for _ in range(repeats + (1 if repeats > 1 else 0))]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = times[1:] if repeats > 1 else times
+    return {"seconds": statistics.median(times), "peak_delta_mb": peak - base, "tokens": n,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "depth": config.depth}
+
+
+def spawn(case: tuple, threads: int) -> dict:
+    _, overrides, grid, text_key, kind, batch, repeats = case
+    payload = json.dumps([overrides, list(grid), text_key, kind, batch, repeats])
+    code = (
+        "import json,sys,torch; sys.path.insert(0, 'benchmarks'); import bench_maskgit as b; "
+        f"torch.set_num_threads({threads}); o,g,t,k,bs,r=json.loads(sys.argv[1]); "
+        "print(json.dumps(b.run_case(o, tuple(g), t, k, bs, r)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="demo cases only")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--paper-depth", type=int, default=1, help="depth of the paper-scale training step")
+    args = parser.parse_args()
+
+    cases = list(CASES)
+    if not args.quick:
+        paper_train = (f"paper 101×8×8 train (depth {args.paper_depth})", {"depth": args.paper_depth}, (101, 8, 8),
+                       "paper", "train", 1, 1)
+        cases += [*PAPER_CASES, paper_train]
+    print(f"torch {torch.__version__}, {args.threads} CPU threads, float32, guidance scale 5 (2b per step)\n")
+    print(f"{'MaskGIT case':50s} {'depth':>5s} {'params':>8s} {'tokens':>6s} {'time s':>9s} {'peak Δ RSS':>11s}")
+    results = {}
+    for case in cases:
+        res = spawn(case, args.threads)
+        results[case[0]] = res
+        if "error" in res:
+            print(f"{case[0]:50s} failed: {res['error']}")
+            continue
+        print(f"{case[0]:50s} {res['depth']:5d} {res['params_m']:7.2f}M {res['tokens']:6d} {res['seconds']:9.3f} "
+              f"{res['peak_delta_mb']:8.0f} MB")
+
+    step = results.get("paper 101×8×8 guided step, cache", {})
+    prep = results.get("paper 101×8×8 context prep (per step w/o cache)", {})
+    if "seconds" in step and "seconds" in prep:
+        cached, uncached = 18 * step["seconds"] + prep["seconds"], 18 * (step["seconds"] + prep["seconds"])
+        print(f"\npaper-scale volume, 18 guided steps (extrapolated): {cached:.0f} s with the cache, "
+              f"{uncached:.0f} s recomputing bias + text k/v every step")
+
+
+if __name__ == "__main__":
+    main()
