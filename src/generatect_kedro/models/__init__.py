@@ -5,6 +5,7 @@ from generatect_kedro.models.discriminator import Discriminator, DiscriminatorCo
 from generatect_kedro.models.maskgit import MaskGIT, MaskGITConfig, MaskGITContext
 from generatect_kedro.models.maskgit_sampling import MaskGITSamplerConfig, sample_tokens
 from generatect_kedro.models.token_critic import TokenCritic, critic_config
+from generatect_kedro.models.unet import UNet, UNetConfig
 from generatect_kedro.models.vector_quantizer import CosineSimVQ, VQOutput
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "MaskGITContext",
     "MaskGITSamplerConfig",
     "TokenCritic",
+    "UNet",
+    "UNetConfig",
     "VQOutput",
     "critic_config",
     "sample_tokens",

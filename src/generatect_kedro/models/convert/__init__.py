@@ -9,6 +9,8 @@ from generatect_kedro.models.convert.ctvit import (
     load_released_ctvit,
     load_state_file,
 )
+from generatect_kedro.models.convert.maskgit import *  # noqa: F401,F403 (the MaskGIT converter's __all__)
+from generatect_kedro.models.convert.superres import *  # noqa: F401,F403 (the super-resolution converter's __all__)
 
 __all__ = [
     "check_state_dict",
