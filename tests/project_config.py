@@ -33,14 +33,22 @@ def catalog_config(names: str | list[str], root: Path) -> dict[str, dict[str, An
     for key, entry in _loader()["catalog"].items():
         if key not in wanted:
             continue
-        entry = dict(entry)
-        if str(entry["type"]).startswith("kedro_mlflow."):
-            entry = dict(entry.get("dataset", {"type": "kedro.io.MemoryDataset"}))
-        for field in ("filepath", "path"):
-            if field in entry:
-                entry[field] = str(root / entry[field])
-        out[key] = entry
+        out[key] = _localised(entry, root)
     return out
+
+
+def _localised(entry: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The entry with its paths under ``root``, wrappers included (RankAwareDataset, OptionalDataset…);
+    kedro-mlflow's artifact wrapper is dropped (tests run without an active MLflow run)."""
+    entry = dict(entry)
+    if str(entry["type"]).startswith("kedro_mlflow."):
+        return _localised(dict(entry.get("dataset", {"type": "kedro.io.MemoryDataset"})), root)
+    for field in ("filepath", "path"):
+        if field in entry:
+            entry[field] = str(root / entry[field])
+    if isinstance(entry.get("dataset"), dict) and "type" in entry["dataset"]:
+        entry["dataset"] = _localised(entry["dataset"], root)
+    return entry
 
 
 def parameters(name: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from generatect_kedro.cli import main, run_kedro
+from generatect_kedro.hooks import table_sha256
 from generatect_kedro.labels import CT_RATE_LABELS
 from generatect_kedro.reports.labeler import LABEL_COLUMNS
 from generatect_kedro.utils.identifiers import pseudonym
@@ -106,6 +108,27 @@ def test_cli_ingest_quarantines_each_broken_case_and_accounts_for_every_file(bro
     assert "1.2.840" not in (out / "manifest.csv").read_text()  # no DICOM UIDs either
 
 
+# The whole demo path on 10 patients, with the later stages shortened: this checks the wiring (every stage
+# runs, registers, hands over to the next, records lineage), not model quality, which the stage tests and
+# `make demo` measure. The gates are permissive here for the same reason (gate logic: tests/test_promotion.py).
+E2E_OVERRIDES = {
+    "transformer": {"trainer": {"max_steps": 30, "checkpoint_every": 30, "validate_every": 30, "log_every": 10},
+                    "conditioning": {"num_seeds": 2}},
+    "superres": {"trainer": {"max_steps": 10, "checkpoint_every": 10, "validate_every": 10, "log_every": 5},
+                 "validation": {"max_volumes": 1}, "evaluation": {"max_volumes": 1},
+                 "stages": [{"scale": 2, "sampler": "dpm++2m", "steps": 4, "lowres_noise_level": 0.1,
+                             "cond_scale": 1.0, "resize_mode": "nearest", "crop": None}]},
+    "promotion": {"gates": {
+        "generatect-ctvit": [{"metric": "ctvit/val/psnr_gain_db", "op": ">=", "threshold": 3.0}],
+        "generatect-transformer": [{"metric": "transformer/val/text_gain", "op": ">", "threshold": -100.0}],
+        "generatect-superres": [{"metric": "superres/eval/diffusion/psnr_hu", "op": ">", "threshold": 0.0}],
+    }},
+    "generation": {"default_prompts": [{"age": 65, "sex": "male", "impression": "Cardiomegaly."},
+                                       {"age": 58, "sex": "female", "impression": "No pleural effusion."}],
+                   "dicom": True},
+}
+
+
 @pytest.mark.slow
 def test_demo_run_end_to_end(tmp_path):
     project = copy_project(tmp_path / "project")
@@ -113,7 +136,7 @@ def test_demo_run_end_to_end(tmp_path):
     result = CliRunner().invoke(main, ["demo-data", "--out", str(raw), "--patients", "10", "--seed", "3", "--broken"])
     assert result.exit_code == 0, result.output
 
-    run_kedro(project, "__default__", "demo")
+    run_kedro(project, "__default__", "demo", runtime_params=E2E_OVERRIDES)
 
     data = project / "data"
     cohort = pd.read_csv(data / "03_primary" / "cohort.csv")
@@ -150,15 +173,58 @@ def test_demo_run_end_to_end(tmp_path):
     assert (tokens[["t", "h", "w"]].drop_duplicates().to_numpy() == [[9, 4, 4]]).all()
 
     with sqlite3.connect(project / "mlflow.db") as db:
-        runs = db.execute("select run_uuid from runs").fetchall()
+        runs = db.execute("select e.name from runs r join experiments e on r.experiment_id = e.experiment_id"
+                          ).fetchall()
         params = {k for (k,) in db.execute("select key from params")}
         metrics = {k for (k,) in db.execute("select key from metrics")}
         tags = dict(db.execute("select key, value from tags where key in ('git_commit', 'kedro_env')").fetchall())
         aliases = db.execute("select name, alias from registered_model_aliases").fetchall()
-    assert len(runs) == 1
+    # One run for the whole `kedro run`, plus a history run per promotion (experiment generatect-promotion).
+    assert sorted(name for (name,) in runs if name != "generatect-promotion") == ["generatect-demo"], runs
+    assert sum(name == "generatect-promotion" for (name,) in runs) == 4  # 3 components + the generator
     assert any(k.startswith("ingestion.") for k in params) and any(k.startswith("split.") for k in params)
     assert any(k.startswith("data_quality.") for k in metrics)
     assert tags["kedro_env"] == "demo" and tags["git_commit"]
-    assert ("generatect-ctvit", "challenger") in aliases
+    for model in ("generatect-ctvit", "generatect-transformer", "generatect-superres", "generatect-generator"):
+        assert (model, "challenger") in aliases and (model, "champion") in aliases, (model, aliases)
+    with sqlite3.connect(project / "mlflow.db") as db:
+        data_tags = dict(db.execute("select key, value from tags where key like 'data.%'").fetchall())
+    assert data_tags["data.cohort_sha256"] == table_sha256(pd.read_csv(data / "03_primary" / "cohort.csv"))
+    assert set(data_tags) == {"data.manifest_sha256", "data.cohort_sha256", "data.splits_sha256"}
     assert any(k.startswith("val/psnr") or "psnr" in k for k in metrics)
     assert_no_identifiers(data / "02_intermediate", identifiers_in(raw / "dicom"))
+
+    # Transformer, super-resolution: trained, reported, registered on the CT-ViT version above.
+    transformer = json.loads((data / "08_reporting" / "transformer" / "training_summary.json").read_text())
+    assert transformer["steps"] == 30
+    conditioning = json.loads((data / "08_reporting" / "transformer" / "conditioning.json").read_text())
+    assert set(conditioning["probes"]) == {"cardiomegaly", "pleural_effusion"}
+    ctvit_version = json.loads((data / "06_models" / "ctvit" / "model_version.json").read_text())
+    assert conditioning["ctvit"]["version"] == ctvit_version["version"]
+    evaluation = json.loads((data / "08_reporting" / "superres" / "evaluation.json").read_text())
+    assert set(evaluation["methods"]) == {"diffusion", "trilinear"} and evaluation["scale"] == 2
+
+    # Promotion, then generation with the champions: NIfTI + sidecar + preview + DICOM, lineage verified.
+    promotion = json.loads((data / "08_reporting" / "promotion" / "promotion.json").read_text())
+    assert sorted(promotion["summary"]["promoted"]) == ["generatect-ctvit", "generatect-superres",
+                                                        "generatect-transformer"]
+    generator = json.loads((data / "06_models" / "generator" / "model_version.json").read_text())
+    assert generator["components"]["transformer"]["version"] == promotion["models"]["generatect-transformer"]["version"]
+    generator_promotion = json.loads((data / "08_reporting" / "generation" / "generator_promotion.json").read_text())
+    assert generator_promotion["models"]["generatect-generator"]["status"] == "promoted"
+    generated = data / "07_model_output" / "generated"
+    sidecars = sorted(generated.glob("*.json"))
+    assert len(sidecars) == 2
+    record = json.loads(sidecars[0].read_text())
+    assert record["models"]["transformer"]["version"] == promotion["models"]["generatect-transformer"]["version"]
+    assert record["models"]["ctvit"]["weights_sha256"] == ctvit_version["weights_sha256"]
+    volume = nib.load(generated / record["volume"]["nifti"])
+    assert volume.get_data_dtype() == np.int16 and volume.shape[2] == 17
+    assert (generated / record["volume"]["dicom"]["folder"]).is_dir()
+    result = CliRunner().invoke(main, ["lineage", str(generated / record["volume"]["nifti"]),
+                                       "--project-dir", str(project), "--env", "demo"])
+    assert result.exit_code == 0, result.output
+    assert "VERIFIED" in result.output and "MISMATCH" not in result.output
+    secrets = identifiers_in(raw / "dicom")
+    assert not any(secret in result.output for secret in secrets)
+    assert_no_identifiers(generated, secrets)

@@ -33,6 +33,15 @@ def data_version(project_path: Path) -> dict[str, str]:
     return {"dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest()}
 
 
+# Tables whose content pins what a run trained on; their sha256 goes on the run as `data.<name>_sha256`.
+LINEAGE_TABLES = {"volume_manifest": "manifest", "cohort": "cohort", "splits": "splits"}
+
+
+def table_sha256(table) -> str:  # noqa: ANN001 - a pandas DataFrame
+    """Content hash of a table, independent of the file format it was read from."""
+    return hashlib.sha256(table.to_csv(index=False, lineterminator="\n").encode("utf-8")).hexdigest()
+
+
 class ProjectHooks:
     def __init__(self) -> None:
         self._project_path = Path.cwd()
@@ -63,3 +72,20 @@ class ProjectHooks:
             **data_version(self._project_path),
         }
         mlflow.set_tags(tags)
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data) -> None:  # noqa: ANN001 - any dataset value
+        self._tag_table(dataset_name, data)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data) -> None:  # noqa: ANN001 - any dataset value
+        self._tag_table(dataset_name, data)
+
+    @staticmethod
+    def _tag_table(dataset_name: str, data) -> None:  # noqa: ANN001
+        if dataset_name not in LINEAGE_TABLES or not hasattr(data, "to_csv"):
+            return
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.set_tag(f"data.{LINEAGE_TABLES[dataset_name]}_sha256", table_sha256(data))

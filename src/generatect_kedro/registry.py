@@ -59,6 +59,7 @@ MODEL_COMMANDS = {
     "generatect-ctvit": "kedro run --pipelines ctvit",
     "generatect-transformer": "kedro run --pipelines transformer",
     "generatect-superres": "kedro run --pipelines superres",
+    "generatect-generator": "generatect register-generator (or kedro run --pipelines generation)",
 }
 _MAX_TAG_LENGTH = 5000
 _PYFUNC_CODE = '''"""GenerateCT registered model (MLflow "model from code"): safetensors weights + config JSON, no pickle."""
@@ -297,17 +298,29 @@ def make_pyfunc_model() -> Any:
     import numpy as np
 
     class GenerateCTModel(mlflow.pyfunc.PythonModel):
-        """CT-ViT: predict((b, D, H, W) or (D, H, W) grids in [-1, 1]) → (b, t, h, w) int64 token ids."""
+        """CT-ViT: predict((b, D, H, W) or (D, H, W) grids in [-1, 1]) → (b, t, h, w) int64 token ids.
+
+        Generator (kind ``generator``, `generatect_kedro.serving`): predict(records with a prompt) → one dict
+        per record with the int16 HU volume (base64) and its lineage; the pinned component versions are
+        loaded here once, from the registry of ``MLFLOW_TRACKING_URI``.
+        """
 
         def load_context(self, context: Any) -> None:
             from safetensors.torch import load_file
 
             self.config = json.loads(Path(context.artifacts["config"]).read_text())
+            if self.config.get("kind") == "generator":
+                from generatect_kedro.serving import GeneratorService
+
+                self.service = GeneratorService(self.config, context.artifacts["weights"])
+                return
             self.module = build_module(self.config)
             self.module.load_state_dict(load_file(context.artifacts["weights"]), strict=True)
             self.module.eval()
 
         def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002 - hints become a schema
+            if self.config.get("kind") == "generator":
+                return self.service.predict(model_input)
             if self.config.get("kind") != "ctvit":
                 raise NotImplementedError(f"pyfunc predict is not defined for {self.config.get('kind')!r}; "
                                           "use generatect_kedro.registry.load_module")

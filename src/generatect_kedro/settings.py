@@ -15,10 +15,9 @@ CONFIG_LOADER_ARGS = {
     # conf/<env> overrides individual keys of conf/base instead of replacing whole top-level blocks.
     # `${project_dir:}`: the folder Kedro runs in (the project root), so SQLite and artifact URIs are absolute.
     "custom_resolvers": {"project_dir": lambda: Path.cwd().resolve().as_posix()},
-    "merge_strategy": {"parameters": "soft", "mlflow": "soft", "deepspeed": "soft", "gates": "soft"},
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft", "deepspeed": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**"],
         "deepspeed": ["deepspeed*", "deepspeed*/**"],
-        "gates": ["gates*", "gates*/**"],
     },
 }

@@ -74,6 +74,28 @@ class MetricsTracker:
             LOG.warning("could not log metrics at step %d to MLflow: %s", step, error)
 
 
+def ensure_experiment(name: str) -> str:
+    """The id of MLflow experiment ``name``, created when missing with its artifacts beside a SQLite tracking
+    database (``<db folder>/mlartifacts``, as the project's kedro-mlflow experiments), not MLflow's default
+    ``./mlruns`` of whatever folder the command happens to run in."""
+    from pathlib import Path
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = mlflow.get_tracking_uri()
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve().parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> bool:
     """Upload a file to the active run (rank 0); returns whether it was logged."""
     mlflow = active_mlflow() if is_main_process() else None

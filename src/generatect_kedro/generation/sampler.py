@@ -1,0 +1,207 @@
+"""Prompt + seed + slice count → HU volume: text → MaskGIT tokens → CT-ViT decode → cascade → HU.
+
+**Determinism.** Every item owns one CPU ``torch.Generator`` seeded with its seed. It draws, in this order,
+the item's Gumbel noise for every MaskGIT step (one (N, K) draw per step, as ``sample_tokens`` would for a
+batch of one), then the cascade's stage seeds (which seed one stream per slice, `diffusion.upsample`).
+Nothing random is shared between items, and nothing is padded: prompts are encoded one at a time and items
+are batched only with items of the same slice count *and* token count, so a (prompt, seed, slice_count)
+gives the same voxels alone or in any batch, on any rank. With a token critic (its noise comes from one
+generator per call) items are sampled one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+import torch
+
+from generatect_kedro.diffusion.upsample import Cascade
+from generatect_kedro.generation.geometry import OutputGeometry
+from generatect_kedro.generation.models import GenerationError, LoadedModels
+from generatect_kedro.models.maskgit_sampling import MaskGITSamplerConfig, gumbel_noise, sample_tokens
+from generatect_kedro.volume import HUVolume, from_dhw, hu_to_int16
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["GenerationItem", "SamplerSettings", "VolumeSampler"]
+
+_STAGE_KEYS = ("sampler", "steps", "cond_scale", "lowres_noise_level")
+
+
+@dataclass(frozen=True)
+class GenerationItem:
+    """One volume to generate; ``item_id`` names its files (never the prompt)."""
+
+    item_id: str
+    prompt: str
+    seed: int
+    slice_count: int
+    row: int = 0
+    index_in_row: int = 0
+
+    def record(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "row": self.row, "index_in_row": self.index_in_row,
+                "prompt": self.prompt, "seed": self.seed, "slice_count": self.slice_count}
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Effective sampler settings: the registered ones, overridden by ``generation.sampler``."""
+
+    transformer: MaskGITSamplerConfig
+    stages: tuple[dict[str, Any], ...]  # per cascade stage: sampler, steps, cond_scale, lowres_noise_level
+    batch_size: int = 4  # items the transformer samples together
+    slice_batch_size: int = 8  # axial slices per U-Net call
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None, models: LoadedModels) -> SamplerSettings:
+        """``generation.sampler``: ``transformer: {steps, temperature, cond_scale, …}``, ``superres``: one mapping
+        for every stage or a list (one per stage), ``batch_size``, ``slice_batch_size``; nulls keep the
+        registered value."""
+        p = dict(params or {})
+        registered = dict(models.configs["transformer"].get("sampler") or {})
+        overrides = {k: v for k, v in dict(p.get("transformer") or {}).items() if v is not None}
+        transformer = MaskGITSamplerConfig(**{**registered, **overrides})
+        stages = list(models.configs["superres"]["stages"])
+        superres = p.get("superres") or {}
+        per_stage = list(superres) if isinstance(superres, Sequence) else [superres] * len(stages)
+        if len(per_stage) > len(stages):
+            raise GenerationError(f"generation.sampler.superres has {len(per_stage)} entries for a "
+                                  f"{len(stages)}-stage cascade")
+        effective = []
+        for i, stage in enumerate(stages):
+            values = {k: stage[k] for k in _STAGE_KEYS}
+            extra = dict(per_stage[i]) if i < len(per_stage) and per_stage[i] else {}
+            unknown = sorted(set(extra) - set(_STAGE_KEYS))
+            if unknown:
+                raise GenerationError(f"generation.sampler.superres: unknown key(s) {', '.join(unknown)}")
+            values.update({k: v for k, v in extra.items() if v is not None})
+            effective.append({"stage": i + 1, "sampler": str(values["sampler"]), "steps": int(values["steps"]),
+                              "cond_scale": float(values["cond_scale"]),
+                              "lowres_noise_level": float(values["lowres_noise_level"])})
+        batch, slices = int(p.get("batch_size", 4)), int(p.get("slice_batch_size", 8))
+        if batch < 1 or slices < 1:
+            raise GenerationError("generation.sampler.batch_size and slice_batch_size must be ≥ 1")
+        return cls(transformer, tuple(effective), batch, slices)
+
+    def record(self) -> dict[str, Any]:
+        """The sidecar's ``sampler`` section."""
+        return {"transformer": dict(dataclasses.asdict(self.transformer)), "superres": [dict(s) for s in self.stages],
+                "batch_size": self.batch_size, "slice_batch_size": self.slice_batch_size}
+
+
+class VolumeSampler:
+    """Generates `HUVolume`s for `GenerationItem`s with loaded models (see the module docstring)."""
+
+    def __init__(self, models: LoadedModels, settings: SamplerSettings, geometry: OutputGeometry) -> None:
+        self.models, self.settings, self.geometry = models, settings, geometry
+        self.hu_window = models.hu_window
+        ctvit_config = models.ctvit.config
+        self.temporal_patch = int(ctvit_config.temporal_patch_size)
+        self.grid_hw = tuple(int(v) for v in ctvit_config.grid_hw)
+        self.max_seq_len = int(models.transformer.config.max_seq_len)
+        registered = tuple(int(v) for v in models.configs["transformer"].get("grid_shape") or ())
+        if registered and registered[1:] != self.grid_hw:
+            raise GenerationError(f"the transformer samples {registered[1]}x{registered[2]} token slices but the "
+                                  f"CT-ViT decodes {self.grid_hw[0]}x{self.grid_hw[1]}")
+        self.default_slice_count = (1 + (registered[0] - 1) * self.temporal_patch) if registered else None
+        base = models.cascade
+        stages = [dataclasses.replace(stage, sampler=s["sampler"], steps=s["steps"], cond_scale=s["cond_scale"],
+                                      lowres_noise_level=s["lowres_noise_level"])
+                  for stage, s in zip(base.stages, settings.stages)]
+        self.cascade = Cascade(stages)  # shares the registered U-Nets; only the sampling settings differ
+        self._text: dict[str, torch.Tensor] = {}
+
+    # ---- checks ----------------------------------------------------------------------------------------
+
+    def token_grid(self, slice_count: int) -> tuple[int, int, int]:
+        """(t, h, w) for ``slice_count`` slices, or a GenerationError saying which counts are possible."""
+        p, (h, w) = self.temporal_patch, self.grid_hw
+        largest = 1 + (self.max_seq_len // (h * w) - 1) * p
+        if isinstance(slice_count, bool) or int(slice_count) != slice_count or slice_count < 1 \
+                or (slice_count - 1) % p:
+            raise GenerationError(f"slice count {slice_count!r} is not 1 + {p}·k (e.g. 1, {1 + p}, {1 + 2 * p}, …)")
+        t = 1 + (int(slice_count) - 1) // p
+        if t * h * w > self.max_seq_len:
+            raise GenerationError(f"slice count {slice_count} needs {t * h * w} tokens, more than the transformer's "
+                                  f"max_seq_len {self.max_seq_len}; at most {largest} slices")
+        return t, h, w
+
+    def check(self, items: Sequence[GenerationItem]) -> None:
+        for item in items:
+            self.token_grid(item.slice_count)
+            if not isinstance(item.prompt, str) or not item.prompt.strip():
+                raise GenerationError(f"item {item.item_id} has an empty prompt")
+
+    # ---- sampling --------------------------------------------------------------------------------------
+
+    def _embed(self, prompt: str) -> torch.Tensor:
+        """(L, d) embeddings of one prompt, encoded alone (no padding, so no dependence on batch mates)."""
+        if prompt not in self._text:
+            embeds, mask = self.models.text_encoder.encode([prompt])
+            self._text[prompt] = embeds[0, : int(mask[0].sum())].float()
+        return self._text[prompt]
+
+    def generate(self, items: Sequence[GenerationItem]) -> Iterator[tuple[GenerationItem, HUVolume]]:
+        """Yield (item, volume) in the items' order; transformer batches never mix slice or token counts."""
+        self.check(items)
+        items = list(items)
+        critic = getattr(self.models.transformer, "critic", None)
+        size = 1 if critic is not None else self.settings.batch_size
+        for chunk in _chunks(items, lambda it: (it.slice_count, self._embed(it.prompt).shape[0]), size):
+            generators = [torch.Generator().manual_seed(int(item.seed)) for item in chunk]
+            ids = self._tokens(chunk, generators, critic)
+            for i, (item, generator) in enumerate(zip(chunk, generators)):
+                yield item, self._volume(item, ids[i: i + 1], generator)
+
+    @torch.no_grad()
+    def _tokens(self, chunk: list[GenerationItem], generators: list[torch.Generator], critic: Any) -> torch.Tensor:
+        device = self.models.device
+        text = torch.stack([self._embed(item.prompt) for item in chunk]).to(device)
+        mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+        grid = self.token_grid(chunk[0].slice_count)
+        critic_generator = None
+        if critic is not None:  # its uniforms come from one generator per call: seed it from the item's stream
+            seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generators[0]))
+            critic_generator = torch.Generator(device).manual_seed(seed)
+
+        def noise_fn(step: int, logits: torch.Tensor) -> torch.Tensor:  # noqa: ARG001 - the sampler's signature
+            rows = [gumbel_noise(tuple(logits.shape[1:]), generator=g, dtype=torch.float32) for g in generators]
+            return torch.stack(rows).to(device=logits.device, dtype=logits.dtype)
+
+        return sample_tokens(self.models.transformer, text, mask, grid, config=self.settings.transformer,
+                             critic=critic, noise_fn=noise_fn, generator=critic_generator)
+
+    @torch.no_grad()
+    def _volume(self, item: GenerationItem, ids: torch.Tensor, generator: torch.Generator) -> HUVolume:
+        device = self.models.device
+        lowres = self.models.ctvit.decode_from_ids(ids.to(device)).float().clamp(-1.0, 1.0)[0, 0]
+        text = self._embed(item.prompt)[None].to(device)
+        full = self.cascade(lowres, text, torch.ones(text.shape[:2], dtype=torch.bool, device=device),
+                            slice_batch_size=self.settings.slice_batch_size, generator=generator)
+        return self.to_hu_volume(full.float().cpu().numpy(), item)
+
+    def to_hu_volume(self, grid_dhw: np.ndarray, item: GenerationItem | None = None) -> HUVolume:
+        """A (D, H, W) grid in [-1, 1] → int16 HU in RAS+ (i, j, k) with the output geometry's affine."""
+        low, high = self.hu_window
+        hu = low + (np.clip(grid_dhw, -1.0, 1.0).astype(np.float64) + 1.0) * 0.5 * (high - low)
+        data = from_dhw(hu_to_int16(hu))
+        meta = {"generated": "true", "hu_window": f"{low},{high}"}
+        if item is not None:
+            meta["item_id"] = item.item_id
+        return HUVolume(data, self.geometry.affine(data.shape), meta)
+
+
+def _chunks(items: list[GenerationItem], key, size: int) -> Iterator[list[GenerationItem]]:
+    """Runs of consecutive items with equal ``key``, cut into chunks of at most ``size``."""
+    for _, group in groupby(items, key=key):
+        group = list(group)
+        for start in range(0, len(group), size):
+            yield group[start: start + size]
+

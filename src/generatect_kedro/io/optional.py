@@ -1,0 +1,39 @@
+"""A catalog entry that may not exist yet: loads a default instead of failing.
+
+Used where a pipeline reads another pipeline's output only for ordering and context, and must also run on
+its own (e.g. generation reads the promotion report of the same `kedro run`, but `kedro run --pipelines
+generation` with champions promoted earlier by `generatect promote` has no such report).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from kedro.io import AbstractDataset
+
+
+class OptionalDataset(AbstractDataset):
+    """Wraps any dataset; ``load`` returns a copy of ``default`` while the wrapped one does not exist."""
+
+    def __init__(self, dataset: Mapping[str, Any] | AbstractDataset, default: Any = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self._dataset = (dataset if isinstance(dataset, AbstractDataset)
+                         else AbstractDataset.from_config("optional_wrapped", dict(dataset)))
+        self._default = default
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        if not self._dataset.exists():
+            return copy.deepcopy(self._default)
+        return self._dataset.load()
+
+    def save(self, data: Any) -> None:
+        self._dataset.save(data)
+
+    def _exists(self) -> bool:
+        return self._dataset.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": self._dataset._describe(), "default": self._default}
