@@ -56,7 +56,9 @@ def bench(name: str, spec: tuple, volumes: int = 2) -> None:
         seconds = (time.perf_counter() - tic) / volumes
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if torch.cuda.is_available() else ""
-    print(f"{name}: {seconds:.2f} s/volume (output {shapes[0]}), peak RSS {peak:.0f} MiB{gpu}")
+    stages = ", ".join(f"{stage} {total / volumes:.2f}" for stage, total in sampler.stage_seconds.items())
+    print(f"{name}: {seconds:.2f} s/volume (output {shapes[0]}; by stage, s/volume: {stages}), "
+          f"peak RSS {peak:.0f} MiB{gpu}")
 
 
 def main() -> None:

@@ -78,6 +78,10 @@ def test_batch_resume_interrupt_and_mlflow(setup, tmp_path):
     run = mlflow.get_run(summary["generation_run_id"])
     assert run.data.metrics["generation/volumes_generated"] == 3
     assert run.data.metrics["generation/seconds_per_volume"] > 0
+    stages = summary["stage_seconds_per_volume"]  # where the time goes, per volume
+    assert set(stages) == {"text", "tokens", "decode", "superres"} and all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) <= summary["seconds_per_volume"] * 1.05
+    assert run.data.metrics["generation/seconds_per_volume/superres"] == stages["superres"]
     assert run.data.params["generation/transformer_version"] == "1"
     assert mlflow.active_run() is None  # its own run, closed
     logged = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/generation/items.csv")

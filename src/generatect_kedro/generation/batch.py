@@ -318,6 +318,8 @@ def _summary(table: pd.DataFrame, elapsed: float, items: Sequence[GenerationItem
     return {"schema": "generatect-generation-summary/1", "items": len(items), "generated": int(len(generated)),
             "skipped": int((table["status"] == "skipped").sum()), "complete": complete,
             "seconds_per_volume": round(float(seconds.mean()), 3) if len(generated) else None,
+            "stage_seconds_per_volume": ({k: round(v / len(generated), 3) for k, v in sampler.stage_seconds.items()}
+                                         if len(generated) else {}),
             "wall_seconds": round(elapsed, 1), "world_size": world, "output_dir": str(settings.out_dir),
             "models": sampler.models.record(), "sampler": sampler.settings.record(),
             "geometry": sampler.geometry.record(), "text_encoder": dict(sampler.models.text_encoder_info),
@@ -363,6 +365,8 @@ class _Tracker:
                        "generation/volumes_skipped": summary["skipped"]}
             if summary["seconds_per_volume"] is not None:
                 metrics["generation/seconds_per_volume"] = summary["seconds_per_volume"]
+            metrics.update({f"generation/seconds_per_volume/{stage}": value
+                            for stage, value in summary["stage_seconds_per_volume"].items()})
             mlflow.log_metrics(metrics)
             mlflow.log_text(table.to_csv(index=False), "generation/items.csv")
             mlflow.log_dict(dict(summary), "generation/summary.json")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -102,6 +104,7 @@ class VolumeSampler:
     def __init__(self, models: LoadedModels, settings: SamplerSettings, geometry: OutputGeometry) -> None:
         self.models, self.settings, self.geometry = models, settings, geometry
         self.hu_window = models.hu_window
+        self.stage_seconds: dict[str, float] = {}
         ctvit_config = models.ctvit.config
         self.temporal_patch = int(ctvit_config.temporal_patch_size)
         self.grid_hw = tuple(int(v) for v in ctvit_config.grid_hw)
@@ -141,10 +144,23 @@ class VolumeSampler:
 
     # ---- sampling --------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        """Wall seconds per stage (text, tokens, decode, superres) summed in ``stage_seconds`` (CUDA synced)."""
+        sync = torch.cuda.synchronize if self.models.device.type == "cuda" else (lambda: None)
+        sync()
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - tic
+
     def _embed(self, prompt: str) -> torch.Tensor:
         """(L, d) embeddings of one prompt, encoded alone (no padding, so no dependence on batch mates)."""
         if prompt not in self._text:
-            embeds, mask = self.models.text_encoder.encode([prompt])
+            with self._timed("text"):
+                embeds, mask = self.models.text_encoder.encode([prompt])
             self._text[prompt] = embeds[0, : int(mask[0].sum())].float()
         return self._text[prompt]
 
@@ -156,7 +172,8 @@ class VolumeSampler:
         size = 1 if critic is not None else self.settings.batch_size
         for chunk in _chunks(items, lambda it: (it.slice_count, self._embed(it.prompt).shape[0]), size):
             generators = [torch.Generator().manual_seed(int(item.seed)) for item in chunk]
-            ids = self._tokens(chunk, generators, critic)
+            with self._timed("tokens"):
+                ids = self._tokens(chunk, generators, critic)
             for i, (item, generator) in enumerate(zip(chunk, generators)):
                 yield item, self._volume(item, ids[i: i + 1], generator)
 
@@ -181,10 +198,12 @@ class VolumeSampler:
     @torch.no_grad()
     def _volume(self, item: GenerationItem, ids: torch.Tensor, generator: torch.Generator) -> HUVolume:
         device = self.models.device
-        lowres = self.models.ctvit.decode_from_ids(ids.to(device)).float().clamp(-1.0, 1.0)[0, 0]
+        with self._timed("decode"):
+            lowres = self.models.ctvit.decode_from_ids(ids.to(device)).float().clamp(-1.0, 1.0)[0, 0]
         text = self._embed(item.prompt)[None].to(device)
-        full = self.cascade(lowres, text, torch.ones(text.shape[:2], dtype=torch.bool, device=device),
-                            slice_batch_size=self.settings.slice_batch_size, generator=generator)
+        with self._timed("superres"):
+            full = self.cascade(lowres, text, torch.ones(text.shape[:2], dtype=torch.bool, device=device),
+                                slice_batch_size=self.settings.slice_batch_size, generator=generator)
         return self.to_hu_volume(full.float().cpu().numpy(), item)
 
     def to_hu_volume(self, grid_dhw: np.ndarray, item: GenerationItem | None = None) -> HUVolume:
