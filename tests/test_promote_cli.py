@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import pytest
@@ -14,33 +12,10 @@ from safetensors.torch import save_file
 from generatect_kedro import registry
 from generatect_kedro.cli import main
 from generatect_kedro.promotion import core
+from mlflow_helpers import temporary_mlflow
 
 PROJECT = Path(__file__).resolve().parents[1]
 NAME = "generatect-ctvit"
-
-
-@contextlib.contextmanager
-def temporary_mlflow(uri: str):
-    """Tracking *and* registry on ``uri``; both restored after (MLflow's registry URI is a process global
-    that falls back to a relative ``sqlite:///mlflow.db``: the project's real database, when tests run from
-    the repository root)."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-
-    saved = (mlflow.get_tracking_uri(), registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI"))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        if saved[2] is None:
-            os.environ.pop("MLFLOW_REGISTRY_URI", None)
-        else:
-            os.environ["MLFLOW_REGISTRY_URI"] = saved[2]
 
 
 @pytest.fixture(scope="module")

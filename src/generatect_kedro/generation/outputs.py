@@ -22,6 +22,7 @@ import numpy as np
 
 from generatect_kedro.io.nifti_volume import volume_to_image
 from generatect_kedro.utils.atomic import atomic_path, atomic_write_text, file_sha256
+from generatect_kedro.utils.plain import json_default
 from generatect_kedro.volume import HUVolume, canonical, hu_to_int16, to_dhw
 
 __all__ = ["LUNG_WINDOW", "MEDIASTINAL_WINDOW", "PREVIEW_SIZE_PX", "sidecar_path", "write_generated_volume"]
@@ -36,16 +37,6 @@ _TITLE_PROMPT_CHARS = 60
 def sidecar_path(out_dir: str | os.PathLike, stem: str) -> Path:
     """Where the sidecar of `stem` lives; its existence is the resume key."""
     return Path(out_dir) / f"{stem}.json"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _as_written(volume: HUVolume) -> HUVolume:
@@ -201,7 +192,7 @@ def write_generated_volume(volume: HUVolume, record: dict, out_dir: Path, stem: 
             undo.append(dicom_path)
             written["dicom"] = dicom_path.name
         sidecar = {**record, "volume": section}
-        text = json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+        text = json.dumps(sidecar, indent=2, sort_keys=True, default=json_default, allow_nan=False) + "\n"
         atomic_write_text(sidecar_path(out_dir, stem), text)
         written["sidecar"] = f"{stem}.json"
     return written

@@ -28,6 +28,7 @@ from kedro_datasets.partitions import PartitionedDataset
 from nibabel.nifti1 import Nifti1Extension
 
 from generatect_kedro.utils.atomic import atomic_path, atomic_write_text, file_sha256
+from generatect_kedro.utils.plain import json_default
 from generatect_kedro.volume import HUVolume, hu_to_int16
 
 logger = logging.getLogger(__name__)
@@ -43,16 +44,6 @@ class ConversionFailure:
 
     volume_id: str
     error: str
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _clean(value: Any) -> Any:
@@ -82,7 +73,7 @@ def volume_to_image(volume: HUVolume) -> nib.Nifti1Image:
     header["scl_slope"] = np.nan
     header["scl_inter"] = np.nan
     header["descrip"] = b"generatect int16 HU"
-    payload = json.dumps(_clean(volume.meta), sort_keys=True, default=_json_default).encode("utf-8")
+    payload = json.dumps(_clean(volume.meta), sort_keys=True, default=json_default).encode("utf-8")
     header.extensions.append(Nifti1Extension(_COMMENT_ECODE, _META_PREFIX + payload))
     return image
 

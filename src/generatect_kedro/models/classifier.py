@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
 from einops import rearrange, reduce
 from torch import Tensor, nn
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from generatect_kedro.utils.plain import plain
+
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
 BackendName = Literal["single", "ddp", "deepspeed"]
@@ -117,23 +119,23 @@ class TrainerConfig:
         if isinstance(values.get("grad_clip"), int) and not isinstance(values["grad_clip"], bool):
             values["grad_clip"] = float(values["grad_clip"])
         if isinstance(values.get("deepspeed"), Mapping):
-            values["deepspeed"] = _plain(values["deepspeed"])  # OmegaConf/DictConfig → dict, hashable by json
+            values["deepspeed"] = plain(values["deepspeed"])  # OmegaConf/DictConfig → dict, hashable by json
         try:
             return cls(**values)
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def config_hash(self, deepspeed_config: Mapping[str, Any] | None = None) -> str:
         """A short digest of the fields that shape the trajectory; stored with every checkpoint.
 
         Under DeepSpeed pass the loaded config, so that the file's content counts, not its path.
         """
-        payload = {name: _plain(getattr(self, name)) for name in _TRAJECTORY_FIELDS}
+        payload = {name: plain(getattr(self, name)) for name in _TRAJECTORY_FIELDS}
         if self.backend == "deepspeed":
-            payload["deepspeed"] = _plain(deepspeed_config if deepspeed_config is not None else self.deepspeed)
+            payload["deepspeed"] = plain(deepspeed_config if deepspeed_config is not None else self.deepspeed)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def with_overrides(self, **changes: Any) -> TrainerConfig:
@@ -142,15 +144,6 @@ class TrainerConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences from YAML/OmegaConf as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 __all__ = ["TrainerConfig"]

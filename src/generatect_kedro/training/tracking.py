@@ -74,6 +74,35 @@ class MetricsTracker:
             LOG.warning("could not log metrics at step %d to MLflow: %s", step, error)
 
 
+def run_lineage_tags() -> dict[str, str]:
+    """Code revision and DVC data version for a registered model: the kedro run's MLflow tags (set by the
+    project hooks), else read from the working folder."""
+    from pathlib import Path
+
+    from generatect_kedro.hooks import code_revision, data_version
+
+    tags: dict[str, str] = {}
+    mlflow = active_mlflow()
+    if mlflow is not None:
+        run_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+        tags = {k: run_tags[k] for k in ("git_commit", "git_dirty", "dvc_lock_sha256", "kedro_env") if k in run_tags}
+    if "git_commit" not in tags:
+        tags.update(code_revision(Path.cwd()))
+    if "dvc_lock_sha256" not in tags:
+        tags.update(data_version(Path.cwd()))
+    return tags
+
+
+def checkpoint_step(path) -> int | None:  # noqa: ANN001 - a path or None
+    """The step number in a checkpoint folder's name (``step-00000400`` → 400)."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    digits = "".join(ch for ch in Path(path).name if ch.isdigit())
+    return int(digits) if digits else None
+
+
 def ensure_experiment(name: str) -> str:
     """The id of MLflow experiment ``name``, created when missing with its artifacts beside a SQLite tracking
     database (``<db folder>/mlartifacts``, as the project's kedro-mlflow experiments), not MLflow's default

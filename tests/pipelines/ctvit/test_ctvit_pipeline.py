@@ -11,6 +11,7 @@ import pytest
 import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from mlflow_helpers import sqlite_mlflow
 from project_config import catalog_config
 
 from generatect_kedro import registry
@@ -50,19 +51,8 @@ def params(tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def mlflow_db(tmp_path_factory):
-    import mlflow
-
-    root = tmp_path_factory.mktemp("mlflow")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    try:
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-            "ctvit-pipeline-test", artifact_location=(root / "artifacts").as_uri()))
+    with sqlite_mlflow(tmp_path_factory.mktemp("mlflow"), "ctvit-pipeline-test") as root:
         yield root
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
 
 
 def run_pipeline(root: Path, splits: pd.DataFrame, ctvit_params: dict) -> DataCatalog:

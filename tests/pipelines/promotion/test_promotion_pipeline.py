@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,31 +17,8 @@ from generatect_kedro.pipelines.promotion import create_pipeline
 from generatect_kedro.pipelines.promotion.nodes import PromotionRefused
 from generatect_kedro.promotion import core
 from generatect_kedro.settings import CONFIG_LOADER_ARGS
+from mlflow_helpers import temporary_mlflow
 from project_config import CONF, catalog_config
-
-
-@contextlib.contextmanager
-def temporary_mlflow(uri: str):
-    """Tracking *and* registry on ``uri``; both restored after (MLflow's registry URI is a process global
-    that falls back to a relative ``sqlite:///mlflow.db``: the project's real database, when tests run from
-    the repository root)."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-
-    saved = (mlflow.get_tracking_uri(), registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI"))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        if saved[2] is None:
-            os.environ.pop("MLFLOW_REGISTRY_URI", None)
-        else:
-            os.environ["MLFLOW_REGISTRY_URI"] = saved[2]
 
 
 def loader(env: str) -> OmegaConfigLoader:

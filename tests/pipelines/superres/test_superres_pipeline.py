@@ -12,6 +12,7 @@ import torch
 import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from mlflow_helpers import sqlite_mlflow
 from project_config import CONF, catalog_config
 
 import superres_fixtures as fx
@@ -32,19 +33,8 @@ def superres_catalog(root: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def mlflow_db(tmp_path_factory):
-    import mlflow
-
-    root = tmp_path_factory.mktemp("mlflow")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    try:
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-            "superres-pipeline-test", artifact_location=(root / "artifacts").as_uri()))
+    with sqlite_mlflow(tmp_path_factory.mktemp("mlflow"), "superres-pipeline-test") as root:
         yield root
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from generatect_kedro.models.ctvit import CTViT, CTViTConfig
 from generatect_kedro.models.discriminator import Discriminator, DiscriminatorConfig
 from generatect_kedro.pipelines.ctvit.task import CTViTTask, GridTensors, OptimizerSettings, ValidationSet
 from generatect_kedro.training import Trainer, TrainerConfig
-from generatect_kedro.training.tracking import active_mlflow
+from generatect_kedro.training.tracking import active_mlflow, checkpoint_step, run_lineage_tags
+from generatect_kedro.utils.plain import plain
 
 LOG = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def train_ctvit(grids_lowres: Mapping[str, Callable[[], Any]], splits: pd.DataFr
     summary = {
         "model": MODEL_NAME,
         "steps": result.step,
-        "resumed_from_step": _checkpoint_step(result.resumed_from),
+        "resumed_from_step": checkpoint_step(result.resumed_from),
         "checkpoint_dir": trainer_params.get("checkpoint_dir"),
         "train_volumes": len(train_ids),
         "valid_volumes": len(valid_ids),
@@ -167,7 +168,7 @@ def train_ctvit(grids_lowres: Mapping[str, Callable[[], Any]], splits: pd.DataFr
         "wall_seconds": round(time.perf_counter() - started, 1),
         "mlflow_run_id": run.active_run().info.run_id if run is not None else None,
     }
-    summary["loss"]["discriminator"] = _plain(summary["loss"]["discriminator"])
+    summary["loss"]["discriminator"] = plain(summary["loss"]["discriminator"])
     return weights, summary
 
 
@@ -188,38 +189,7 @@ def _validation_set(loaders: list[Callable[[], Any]], train_set: GridTensors, pa
         preview=bool(params.get("preview", True)))
 
 
-def _checkpoint_step(path: Path | None) -> int | None:
-    if path is None:
-        return None
-    digits = "".join(ch for ch in Path(path).name if ch.isdigit())
-    return int(digits) if digits else None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 # ---- registration ---------------------------------------------------------------------------------------
-
-def _lineage_tags() -> dict[str, str]:
-    """Code revision and DVC data version: from the kedro run's MLflow tags (set by the project hooks)."""
-    from generatect_kedro.hooks import code_revision, data_version
-
-    tags: dict[str, str] = {}
-    mlflow = active_mlflow()
-    if mlflow is not None:
-        run_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
-        tags = {k: run_tags[k] for k in ("git_commit", "git_dirty", "dvc_lock_sha256", "kedro_env") if k in run_tags}
-    if "git_commit" not in tags:
-        tags.update(code_revision(Path.cwd()))
-    if "dvc_lock_sha256" not in tags:
-        tags.update(data_version(Path.cwd()))
-    return tags
-
 
 def register_ctvit(ctvit_weights: Mapping[str, torch.Tensor], ctvit_training_summary: Mapping[str, Any],
                    params: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,7 +206,7 @@ def register_ctvit(ctvit_weights: Mapping[str, torch.Tensor], ctvit_training_sum
               "steps": summary["steps"]}
     validation = summary.get("validation") or {}
     tags = {
-        **_lineage_tags(),
+        **run_lineage_tags(),
         "training_run_id": summary.get("mlflow_run_id") or "none (trained outside an MLflow run)",
         "grid_shape": "x".join(str(s) for s in summary["grid_shape"]),
         "token_grid": "x".join(str(s) for s in summary["token_grid"]),

@@ -56,7 +56,7 @@ from generatect_kedro.pipelines.superres.task import (
 )
 from generatect_kedro.text.prompt_cache import embedding_loaders
 from generatect_kedro.training import Trainer
-from generatect_kedro.training.tracking import active_mlflow
+from generatect_kedro.training.tracking import active_mlflow, run_lineage_tags
 
 LOG = logging.getLogger(__name__)
 
@@ -350,7 +350,6 @@ def register_superres(superres_weights: Mapping[str, torch.Tensor], superres_tra
     versions. Rank 0 only. A stage-1 input made by another CT-ViT than the registered one is refused."""
     if process_rank() != 0:
         return {"skipped": f"rank {process_rank()}: registration runs on rank 0"}
-    from generatect_kedro.pipelines.ctvit.nodes import _lineage_tags
 
     summary = superres_training_summary
     condition = summary["condition"]
@@ -374,7 +373,7 @@ def register_superres(superres_weights: Mapping[str, torch.Tensor], superres_tra
     methods = superres_evaluation.get("methods") or {}
     layout = " -> ".join([str(stages[0]["input_hw"][0])] + [str(s["output_hw"][0]) for s in stages])
     tags = {
-        **_lineage_tags(),
+        **run_lineage_tags(),
         "training_run_id": summary.get("mlflow_run_id") or "none (trained outside an MLflow run)",
         "stage_layout": layout, "stages": len(stages),
         "samplers": ",".join(f"{s['sampler']}:{s['steps']}" for s in stages),

@@ -34,6 +34,7 @@ from generatect_kedro.metrics.frequency import high_frequency_scores
 from generatect_kedro.models.unet import UNet, UNetConfig
 from generatect_kedro.pipelines.superres.data import StageGeometry, local_rank, trilinear_upsample, world_size
 from generatect_kedro.training import Part, TrainerConfig, TrainingTask, log_figure
+from generatect_kedro.utils.plain import plain
 
 __all__ = ["EMA", "OptimizerSettings", "StageSettings", "SuperresTask", "ValidationSlices", "axial_montage",
            "build_cascade", "check_deepspeed", "stage_config", "trainer_config"]
@@ -93,7 +94,7 @@ class StageSettings:
         """The stage as the registry records it (the builder's input)."""
         g = self.geometry
         return {"scale": g.scale, "input_hw": list(g.input_hw), "output_hw": list(g.output_hw),
-                "unet": _plain(self.unet.to_dict()), "sampler": self.sampler, "steps": self.steps,
+                "unet": plain(self.unet.to_dict()), "sampler": self.sampler, "steps": self.steps,
                 "lowres_noise_level": self.lowres_noise_level, "cond_scale": self.cond_scale,
                 "resize_mode": self.resize_mode}
 
@@ -379,10 +380,3 @@ class SuperresTask(TrainingTask):
             LOG.warning("could not log the %s preview at step %d: %s", self.name, step, error)
         return metrics
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -34,7 +34,8 @@ from generatect_kedro.pipelines.transformer.task import (
 )
 from generatect_kedro.text.prompt_cache import embedding_loaders, pad_embeddings
 from generatect_kedro.training import Trainer, TrainerConfig
-from generatect_kedro.training.tracking import active_mlflow
+from generatect_kedro.training.tracking import active_mlflow, checkpoint_step, run_lineage_tags
+from generatect_kedro.utils.plain import plain
 
 LOG = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def train_transformer(ctvit_tokens: Mapping[str, Callable[[], Any]], ctvit_token
     summary = {
         "model": MODEL_NAME,
         "steps": result.step,
-        "resumed_from_step": _checkpoint_step(result.resumed_from),
+        "resumed_from_step": checkpoint_step(result.resumed_from),
         "checkpoint_dir": trainer_params.get("checkpoint_dir"),
         "train_volumes": len(train_ids),
         "valid_volumes": len(valid_ids),
@@ -198,7 +199,7 @@ def train_transformer(ctvit_tokens: Mapping[str, Callable[[], Any]], ctvit_token
                       "warmup_steps": optimizer.warmup_steps, "decay": optimizer.decay,
                       "final_lr_ratio": optimizer.final_lr_ratio, "grad_clip": trainer_config.grad_clip,
                       "batch_size": trainer_config.batch_size},
-        "sampler": _plain(sampler.__dict__),
+        "sampler": plain(sampler.__dict__),
         "ctvit": lineage,
         "text_encoder": encoder,
         "hu_window": list(preview.hu_window) if preview is not None else None,
@@ -242,38 +243,7 @@ def _preview(params: Mapping[str, Any], lineage: Mapping[str, str], valid_ids: l
                    spacing_dhw=tuple(float(v) for v in preview_params.get("spacing_dhw", (1.0, 1.0, 1.0))))
 
 
-def _checkpoint_step(path: Path | None) -> int | None:
-    if path is None:
-        return None
-    digits = "".join(ch for ch in Path(path).name if ch.isdigit())
-    return int(digits) if digits else None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 # ---- registration -----------------------------------------------------------------------------------------
-
-def _lineage_tags() -> dict[str, str]:
-    """Code revision and DVC data version: from the kedro run's MLflow tags (set by the project hooks)."""
-    from generatect_kedro.hooks import code_revision, data_version
-
-    tags: dict[str, str] = {}
-    mlflow = active_mlflow()
-    if mlflow is not None:
-        run_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
-        tags = {k: run_tags[k] for k in ("git_commit", "git_dirty", "dvc_lock_sha256", "kedro_env") if k in run_tags}
-    if "git_commit" not in tags:
-        tags.update(code_revision(Path.cwd()))
-    if "dvc_lock_sha256" not in tags:
-        tags.update(data_version(Path.cwd()))
-    return tags
-
 
 def register_transformer(transformer_weights: Mapping[str, torch.Tensor],
                          transformer_training_summary: Mapping[str, Any], ctvit_model_version: Mapping[str, Any],
@@ -305,7 +275,7 @@ def register_transformer(transformer_weights: Mapping[str, torch.Tensor],
     validation = summary.get("validation") or {}
     sampler = summary["sampler"]
     tags = {
-        **_lineage_tags(),
+        **run_lineage_tags(),
         "training_run_id": summary.get("mlflow_run_id") or "none (trained outside an MLflow run)",
         "ctvit_model": ctvit["name"], "ctvit_version": ctvit["version"],
         "ctvit_weights_sha256": ctvit["weights_sha256"],
