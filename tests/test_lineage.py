@@ -203,3 +203,22 @@ def test_chain_holds_no_patient_identifiers(generated, tmp_path):
     assert_no_identifiers(printed, secrets)
     assert_no_identifiers(out, secrets)
     assert os.listdir(printed)
+
+
+def test_one_kedro_run_for_every_stage_shows_each_model_its_own_params_and_metrics():
+    """`make demo` is one MLflow run: the transformer's link lists transformer.* params, not ctvit.* ones."""
+    from types import SimpleNamespace
+
+    from generatect_kedro import lineage
+
+    params = {"ctvit.trainer.max_steps": "800", "ctvit.optimizer.lr": "0.001",
+              "transformer.trainer.max_steps": "250", "transformer.optimizer.lr": "0.001"}
+    metrics = {"ctvit/val/psnr_hu": 27.4, "transformer/val/text_gain": -0.06}
+    run = SimpleNamespace(data=SimpleNamespace(params=params, metrics=metrics, tags={}),
+                          info=SimpleNamespace(run_name="__default__", start_time=0, status="FINISHED"))
+    client = SimpleNamespace(get_run=lambda run_id: run)
+    summary = lineage._run_summary(client, "r1", stage="transformer")
+    assert set(summary["key_params"]) == {"transformer.trainer.max_steps", "transformer.optimizer.lr"}
+    assert summary["metrics"] == metrics  # everything stays in --json; the text view narrows it
+    assert lineage._own(summary["metrics"], "transformer/") == {"transformer/val/text_gain": -0.06}
+    assert lineage._own({"val/loss": 1.0}, "transformer/") == {"val/loss": 1.0}  # unprefixed: all shown

@@ -185,7 +185,7 @@ def _time(ms: Any) -> str | None:
     return _dt.datetime.fromtimestamp(int(ms) / 1000, tz=_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _run_summary(client: Any, run_id: str | None) -> dict:
+def _run_summary(client: Any, run_id: str | None, stage: str | None = None) -> dict:
     if not run_id:
         return {"status": UNVERIFIED, "reason": "no run id recorded"}
     try:
@@ -193,7 +193,9 @@ def _run_summary(client: Any, run_id: str | None) -> dict:
     except Exception as error:  # noqa: BLE001
         return {"run_id": run_id, "status": UNVERIFIED, "reason": f"run not found: {str(error).splitlines()[0][:200]}"}
     params = dict(run.data.params)
-    key_params = {k: v for k, v in sorted(params.items())
+    # One `kedro run` logs every stage's parameters: a model's own (``<stage>.…``) come first.
+    own = {k: v for k, v in params.items() if stage and k.startswith(f"{stage}.")} or params
+    key_params = {k: v for k, v in sorted(own.items())
                   if any(word in k.lower().rsplit(".", 1)[-1] for word in _KEY_PARAM_WORDS)}
     return {"run_id": run_id, "status": VERIFIED, "run_name": run.info.run_name,
             "start_time": _time(run.info.start_time), "run_status": run.info.status,
@@ -223,7 +225,7 @@ def _model_link(client: Any | None, why_not: str | None, role: str, recorded: di
     out["registry_weights_sha256"] = tags.get("weights_sha256")
     out["weights_check"] = _check(recorded.get("weights_sha256"), tags.get("weights_sha256"))
     run_id = recorded.get("training_run_id") or tags.get("training_run_id") or registered.run_id
-    out["training_run"] = _run_summary(client, run_id)
+    out["training_run"] = _run_summary(client, run_id, stage=role)
     out["status"] = out["weights_check"]
     return out
 
@@ -275,6 +277,11 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _own(values: dict, prefix: str) -> dict:
+    """The entries whose key starts with ``prefix`` (e.g. ``ctvit/``), or all of them when none does."""
+    return {k: v for k, v in values.items() if k.startswith(prefix)} or values
+
+
 def format_chain(chain: dict) -> str:
     """The human-readable chain, top (the file) to bottom (the data version)."""
     vol, check = chain["volume"]["recorded"], chain["volume"]["check"]
@@ -322,10 +329,11 @@ def format_chain(chain: dict) -> str:
             continue
         lines.append(f"    training run    {run.get('run_id')} \"{run.get('run_name', '')}\" started "
                      f"{run.get('start_time', '?')} {run.get('run_status', '')} {run.get('reason', '')}".rstrip())
+        # A `kedro run` is one MLflow run for every stage: show this model's own (prefixed) entries when any.
         if run.get("key_params"):
-            lines.append(f"      params   {_kv(run['key_params'])}")
+            lines.append(f"      params   {_kv(_own(run['key_params'], role + '.'))}")
         if run.get("metrics"):
-            lines.append(f"      metrics  {_kv(run['metrics'])}")
+            lines.append(f"      metrics  {_kv(_own(run['metrics'], role + '/'))}")
         if run.get("tags"):
             lines.append(f"      tags     {_kv(run['tags'])}")
     lines += ["", "code", f"  {_kv(chain['code'])}", "", "data", f"  {_kv(chain['data'])}"]
