@@ -37,4 +37,4 @@ test-fast: install
 
 clean-demo:
 	find data -mindepth 2 ! -name .gitkeep -delete
-	rm -rf mlflow.db mlartifacts
+	rm -rf mlflow.db mlflow.db.*.lock mlartifacts
