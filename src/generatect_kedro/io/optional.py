@@ -2,7 +2,8 @@
 
 Used where a pipeline reads another pipeline's output only for ordering and context, and must also run on
 its own (e.g. generation reads the promotion report of the same `kedro run`, but `kedro run --pipelines
-generation` with champions promoted earlier by `generatect promote` has no such report).
+generation` with champions promoted earlier by `generatect promote` has no such report), and for optional
+tables (the generation prompts CSV, the cohort's grid index), which load as an empty DataFrame.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
 from kedro.io import AbstractDataset
+from kedro_datasets.pandas import CSVDataset
 
 
 class OptionalDataset(AbstractDataset):
@@ -37,3 +40,15 @@ class OptionalDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"dataset": self._dataset._describe(), "default": self._default}
+
+
+class OptionalCSVDataset(CSVDataset):
+    """`pandas.CSVDataset` whose load gives an empty DataFrame when the file does not exist."""
+
+    def load(self) -> pd.DataFrame:
+        if not self._exists():
+            return pd.DataFrame()
+        return super().load()
+
+    def _describe(self) -> dict[str, Any]:
+        return {**super()._describe(), "optional": True}

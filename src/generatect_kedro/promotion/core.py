@@ -159,15 +159,11 @@ class _Transaction:
                 self.client.set_registered_model_alias(self.name, CHAMPION, previous)
 
 
-def _history_experiment(client: Any) -> str:  # noqa: ARG001 - the module's client shares the tracking URI
-    from generatect_kedro.training.tracking import ensure_experiment
-
-    return ensure_experiment(HISTORY_EXPERIMENT)
-
-
 def _start_history_run(client: Any, record: Mapping[str, Any], gates: Sequence[GateResult]) -> str:
     """One run per action in ``generatect-promotion`` (params + the gate table as artifacts)."""
-    run = client.create_run(_history_experiment(client), run_name=f"{record['action']}-{record['model']}-"
+    from generatect_kedro.training.tracking import ensure_experiment  # lazily: the package imports torch
+
+    run = client.create_run(ensure_experiment(HISTORY_EXPERIMENT), run_name=f"{record['action']}-{record['model']}-"
                             f"v{record['version']}", tags={"model": record["model"], "action": record["action"]})
     run_id = run.info.run_id
     from mlflow.entities import Param

@@ -17,9 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation_fixtures import grid_index, register_tiny_models, use_registry  # noqa: E402
 
 from generatect_kedro import registry  # noqa: E402
-from generatect_kedro.io.optional import OptionalDataset  # noqa: E402
+from generatect_kedro.io.optional import OptionalCSVDataset, OptionalDataset  # noqa: E402
 from generatect_kedro.pipelines.generation import create_pipeline  # noqa: E402
-from generatect_kedro.pipelines.generation.data import OptionalCSVDataset  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 

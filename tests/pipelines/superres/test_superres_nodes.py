@@ -12,8 +12,8 @@ from torch import nn
 
 import superres_fixtures as fx
 from generatect_kedro.pipelines.superres import nodes
+from generatect_kedro.io.rank_aware import RankAwareDataset
 from generatect_kedro.pipelines.superres.data import (
-    RankAwareDataset,
     SlicePairs,
     StageGeometry,
     VolumeSources,

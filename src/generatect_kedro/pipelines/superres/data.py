@@ -11,7 +11,7 @@ its output size) pairs of axial slices:
   stage; downsampled ground truth is what a cascade's later stages are usually trained on).
 
 Under a launcher every rank runs the whole ``kedro run``: the stage's catalog entries are wrapped in
-`generatect_kedro.io.rank_aware.RankAwareDataset` (re-exported here with the rank helpers).
+`generatect_kedro.io.rank_aware.RankAwareDataset`.
 """
 
 from __future__ import annotations
@@ -26,19 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from generatect_kedro.io.rank_aware import (  # noqa: F401 - re-exported for the stage's nodes
-    RankAwareDataset,
-    distributed_barrier,
-    local_rank,
-    process_rank,
-    world_size,
-)
 from generatect_kedro.text.prompt_cache import pad_embeddings
 
 LOG = logging.getLogger(__name__)
 
 __all__ = [
-    "RankAwareDataset",
     "SlicePairs",
     "StageGeometry",
     "VolumeSources",
@@ -46,13 +38,9 @@ __all__ = [
     "cascade_geometry",
     "condition_lineage",
     "collate_slice_pairs",
-    "distributed_barrier",
-    "local_rank",
-    "process_rank",
     "read_grid_meta",
     "read_slices",
     "trilinear_upsample",
-    "world_size",
 ]
 
 # ---- grids ---------------------------------------------------------------------------------------------

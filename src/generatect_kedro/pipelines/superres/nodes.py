@@ -23,6 +23,7 @@ import torch
 
 from generatect_kedro import registry
 from generatect_kedro.cohort.grids import GridVolume
+from generatect_kedro.io.rank_aware import local_rank, process_rank, world_size
 from generatect_kedro.io.safetensors_model import state_dict_bytes
 from generatect_kedro.metrics import psnr_hu, ssim_hu, to_hu
 from generatect_kedro.metrics.frequency import high_frequency_scores, lowres_nyquist
@@ -35,12 +36,9 @@ from generatect_kedro.pipelines.superres.data import (
     cascade_geometry,
     collate_slice_pairs,
     condition_lineage,
-    local_rank,
-    process_rank,
     read_grid_meta,
     read_slices,
     trilinear_upsample,
-    world_size,
 )
 from generatect_kedro.pipelines.superres.task import (
     CASCADE_KIND,

@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from generatect_kedro.diffusion import Cascade, CascadeStage, PerSampleNoise, draw_loss_randomness
 from generatect_kedro.diffusion.loss import superres_v_loss
 from generatect_kedro.diffusion.upsample import upsample_slices
+from generatect_kedro.io.rank_aware import local_rank, world_size
 from generatect_kedro.metrics import psnr_hu, to_hu
 from generatect_kedro.metrics.frequency import high_frequency_scores
 from generatect_kedro.models.unet import UNet, UNetConfig
-from generatect_kedro.pipelines.superres.data import StageGeometry, local_rank, trilinear_upsample, world_size
+from generatect_kedro.pipelines.superres.data import StageGeometry, trilinear_upsample
 from generatect_kedro.training import Part, TrainerConfig, TrainingTask, log_figure
 from generatect_kedro.utils.plain import plain
 
