@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: install demo demo-data test test-fast lint clean-demo
+.PHONY: install demo demo-data test test-fast lint clean-demo bench bench-gpu
 
 # torch is named first so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -34,6 +34,13 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
+
+# Every benchmark → benchmarks/results/<machine>.{json,md}; BENCH_ARGS=--quick for small sizes (minutes on 2 cores).
+bench: install
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+bench-gpu: install
+	$(BIN)/python benchmarks/run_all.py --device cuda $(BENCH_ARGS)
 
 clean-demo:
 	find data -mindepth 2 ! -name .gitkeep -delete

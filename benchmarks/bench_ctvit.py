@@ -1,9 +1,12 @@
 """CT-ViT timings and memory on this machine, and the position-bias memory saved by unique-offset evaluation.
 
-Usage: ``.venv/bin/python benchmarks/bench_ctvit.py [--quick] [--paper-backward] [--threads N]``
+Usage: ``.venv/bin/python benchmarks/bench_ctvit.py [--quick] [--paper-backward] [--threads N] [--device cpu|cuda]
+[--json OUT]``
 
-Each model case runs in a fresh subprocess so its peak RSS (ru_maxrss) minus the RSS after building the
-model is that case's activation peak ("peak Δ RSS"). CPU numbers: GPU runs will look very different.
+Each model case runs in a fresh subprocess so its peak RSS (VmHWM; ru_maxrss would include the parent's) minus
+the RSS after building the model is that case's activation peak ("peak Δ RSS"; on CUDA
+``torch.cuda.max_memory_allocated`` above the weights). CPU numbers: GPU runs will look very different.
+``run()`` returns the figures as ``benchlib.record`` dicts (``--json OUT`` writes them).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 
 import torch
+from benchlib import add_common_args, peak_rss_mib, per_second, record, write_json
 
 from generatect_kedro.models.ctvit import CTViT, CTViTConfig
 from generatect_kedro.models.position_bias import ContinuousPositionBias
@@ -45,13 +49,17 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repeats: int) -> dict:
+def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repeats: int, device: str = "cpu") -> dict:
     """Child-process body: time forward(+backward) and report the activation peak."""
     torch.manual_seed(0)
-    model = CTViT(CTViTConfig(**overrides)).train(backward)
+    model = CTViT(CTViTConfig(**overrides)).train(backward).to(device)
     b, slices, size = shape
-    volume = torch.rand(b, 1, slices, size, size) * 2 - 1
-    base = rss_mb()
+    volume = (torch.rand(b, 1, slices, size, size) * 2 - 1).to(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
     times = []
     for _ in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up when repeating
         start = time.perf_counter()
@@ -62,21 +70,26 @@ def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repea
         else:
             with torch.no_grad():
                 model(volume)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB → MB on Linux
+    peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    peak = peak_gpu if cuda else peak_rss
     times = times[1:] if repeats > 1 else times
-    return {"seconds": statistics.median(times), "peak_delta_mb": peak - base,
+    return {"seconds": statistics.median(times), "peak_delta_mb": peak - base, "peak_rss_mb": peak_rss,
+            "peak_gpu_mb": peak_gpu,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "tokens": b * math.prod(model.config.token_grid(slices))}
 
 
-def spawn(case: tuple, threads: int) -> dict:
+def spawn(case: tuple, threads: int, device: str = "cpu") -> dict:
     name, overrides, shape, backward, repeats = case
-    payload = json.dumps([overrides, list(shape), backward, repeats])
+    payload = json.dumps([overrides, list(shape), backward, repeats, device])
     code = (
         "import json,sys,torch; sys.path.insert(0, 'benchmarks'); import bench_ctvit as b; "
-        f"torch.set_num_threads({threads}); o,s,bw,r=json.loads(sys.argv[1]); "
-        "print(json.dumps(b.run_case(o, tuple(s), bw, r)))"
+        f"torch.set_num_threads({threads}); o,s,bw,r,d=json.loads(sys.argv[1]); "
+        "print(json.dumps(b.run_case(o, tuple(s), bw, r, d)))"
     )
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
     if proc.returncode:
@@ -102,26 +115,34 @@ def bias_memory(grid: tuple[int, ...], hidden: int, heads: int, measure_dense_be
             "mlp_dense_mb": act(n * n), "output_mb": heads * n * n * 4 / 2**20, "fast_s": fast_s, "dense_s": dense_s}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the paper-scale cases")
-    parser.add_argument("--paper-backward", action="store_true", help="also time forward+backward at 1×201×128²")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-
-    cases = [c for c in CASES if not (args.quick and c[1] is PAPER)]
-    if args.paper_backward and not args.quick:
+def run(quick: bool = False, device: str = "cpu", threads: int | None = None,
+        paper_backward: bool = False) -> list[dict]:
+    """Print the tables and return one record per case (throughput: input slices per second)."""
+    threads = threads or torch.get_num_threads()
+    records = []
+    cases = [c for c in CASES if not (quick and c[1] is PAPER)]
+    if paper_backward and not quick:
         cases += [PAPER_SHALLOW_BACKWARD, PAPER_BACKWARD]
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, float32\n")
+    print(f"torch {torch.__version__}, device {device}, {threads} CPU threads, float32\n")
     print(f"{'CT-ViT case':32s} {'pass':8s} {'params':>8s} {'tokens':>7s} {'time s':>8s} {'peak Δ RSS':>11s}")
     for case in cases:
-        res = spawn(case, args.threads)
+        res = spawn(case, threads, device)
         kind = "fwd+bwd" if case[3] else "fwd"
+        name = " ".join(case[0].split())
+        stage = name if "(" in name else f"{name} {kind}"
+        b, slices, size = case[2]
+        shape = f"{b}×1×{slices}×{size}×{size}"
         if "error" in res:
             print(f"{case[0]:32s} {kind:8s} failed: {res['error']}")
+            records.append(record("ctvit", stage, shape, error=res["error"]))
             continue
         print(f"{case[0]:32s} {kind:8s} {res['params_m']:7.2f}M {res['tokens']:7d} {res['seconds']:8.3f} "
               f"{res['peak_delta_mb']:8.0f} MB")
+        records.append(record(
+            "ctvit", stage, shape, res["seconds"], per_second(b * slices, res["seconds"]), "slices/s",
+            res["peak_rss_mb"], res["peak_gpu_mb"], notes=f"{res['params_m']:.2f}M params, {res['tokens']} tokens, "
+            f"peak Δ {res['peak_delta_mb']:.0f} MiB", params_m=res["params_m"], tokens=res["tokens"],
+            peak_delta_mib=res["peak_delta_mb"], threads=threads, device=device))
 
     print("\nPosition bias at 201×128×128 (MLP activations = sum of layer outputs; dense figures analytic)")
     print(f"{'grid':10s} {'N':>5s} {'offsets':>8s} {'MLP unique':>11s} {'MLP N² pairs':>13s} {'bias out':>10s} "
@@ -135,6 +156,23 @@ def main() -> None:
         dense_s = f"{r['dense_s']:7.3f}" if r["dense_s"] is not None else "    n/a"
         print(f"{r['grid']:10s} {r['N']:5d} {r['unique']:8d} {r['mlp_unique_mb']:8.2f} MB {r['mlp_dense_mb']:10.0f} MB "
               f"{r['output_mb']:7.0f} MB {r['fast_s']:9.3f} {dense_s}   {label}")
+        dense_note = f", N² pairs {r['dense_s']:.3f} s" if r["dense_s"] is not None else ""
+        records.append(record(
+            "ctvit", f"position bias, unique offsets ({label.split(' (')[0]})", r["grid"], r["fast_s"],
+            per_second(r["unique"], r["fast_s"]), "offsets/s", notes=f"MLP {r['mlp_unique_mb']:.2f} MiB unique vs "
+            f"{r['mlp_dense_mb']:.0f} MiB N² pairs (analytic){dense_note}; CPU, in-process",
+            mlp_unique_mib=r["mlp_unique_mb"], mlp_dense_mib=r["mlp_dense_mb"], dense_seconds=r["dense_s"]))
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the paper-scale cases")
+    parser.add_argument("--paper-backward", action="store_true", help="also time forward+backward at 1×201×128²")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_common_args(parser)
+    args = parser.parse_args()
+    write_json(args.json, run(args.quick, args.device, args.threads, args.paper_backward))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """MaskGIT timings and memory on this machine: training step (fwd+bwd) and guided sampling, cached vs not.
 
-Usage: ``.venv/bin/python benchmarks/bench_maskgit.py [--quick] [--threads N] [--paper-depth D]``
+Usage: ``.venv/bin/python benchmarks/bench_maskgit.py [--quick] [--threads N] [--paper-depth D] [--device cpu|cuda]
+[--json OUT]``
 
-Each case runs in a fresh subprocess, so its peak RSS (ru_maxrss) minus the RSS after building the model is
-that case's activation peak ("peak Δ RSS"). Sampling uses classifier-free guidance (one batched pass of 2b
-per step). Paper-scale sampling is timed per step (1 step, and the context preparation the cache saves)
-and extrapolated to 18 steps: a full paper-scale volume takes many minutes on 2 CPU cores. CPU numbers only;
-on a shared machine they vary with the load.
+Each case runs in a fresh subprocess, so its peak RSS (VmHWM; ru_maxrss would include the parent's) minus the
+RSS after building the model is that case's activation peak ("peak Δ RSS"). Sampling uses classifier-free
+guidance (one batched pass of 2b per step). Paper-scale sampling is timed per step (1 step, and the context
+preparation the cache saves) and extrapolated to 18 steps: a full paper-scale volume takes many minutes on 2 CPU
+cores. CPU numbers only; on a shared machine they vary with the load. On CUDA "peak Δ" is
+``torch.cuda.max_memory_allocated`` above the weights. ``run()`` returns the figures as ``benchlib.record`` dicts
+(``--json OUT`` writes them).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 import time
 
 import torch
+from benchlib import add_common_args, peak_rss_mib, per_second, record, write_json
 
 from generatect_kedro.losses.maskgit_loss import masked_token_loss
 from generatect_kedro.models.maskgit import MaskGIT, MaskGITConfig
@@ -48,17 +52,23 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: str, batch: int, repeats: int) -> dict:
+def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: str, batch: int, repeats: int,
+             device: str = "cpu") -> dict:
     """Child-process body: build, warm up (when repeating), time ``repeats`` runs, report the activation peak."""
     torch.manual_seed(0)
     config = MaskGITConfig(**overrides)
-    model = MaskGIT(config).train(kind == "train")
+    model = MaskGIT(config).train(kind == "train").to(device)
     n = math.prod(grid)
-    text = torch.randn(batch, TEXT_LEN[text_key], config.dim_context)
-    mask = torch.ones(batch, TEXT_LEN[text_key], dtype=torch.bool)
-    ids = torch.randint(0, config.num_tokens, (batch, *grid))
-    gen = torch.Generator().manual_seed(0)
-    base = rss_mb()
+    text = torch.randn(batch, TEXT_LEN[text_key], config.dim_context).to(device)
+    mask = torch.ones(batch, TEXT_LEN[text_key], dtype=torch.bool).to(device)
+    ids = torch.randint(0, config.num_tokens, (batch, *grid)).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
 
     def once() -> float:
         """One run; returns the seconds of the measured region."""
@@ -76,27 +86,32 @@ def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: s
         elif kind == "step":  # one guided step on a prepared context: what the cached sampler repeats
             with torch.no_grad():
                 ctx = model.prepare_context(text, mask, grid, guidance=True)
+                sync()
                 start = time.perf_counter()
                 model.forward_with_cond_scale(ids.flatten(1), grid_shape=grid, cond_scale=5.0, context=ctx)
         elif kind == "context":  # what the uncached sampler recomputes every step
             with torch.no_grad():
                 model.prepare_context(text, mask, grid, guidance=True)
+        sync()
         return time.perf_counter() - start
 
     times = [once() for _ in range(repeats + (1 if repeats > 1 else 0))]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    peak = peak_gpu if cuda else peak_rss
     times = times[1:] if repeats > 1 else times
     return {"seconds": statistics.median(times), "peak_delta_mb": peak - base, "tokens": n,
+            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "depth": config.depth}
 
 
-def spawn(case: tuple, threads: int) -> dict:
+def spawn(case: tuple, threads: int, device: str = "cpu") -> dict:
     _, overrides, grid, text_key, kind, batch, repeats = case
-    payload = json.dumps([overrides, list(grid), text_key, kind, batch, repeats])
+    payload = json.dumps([overrides, list(grid), text_key, kind, batch, repeats, device])
     code = (
         "import json,sys,torch; sys.path.insert(0, 'benchmarks'); import bench_maskgit as b; "
-        f"torch.set_num_threads({threads}); o,g,t,k,bs,r=json.loads(sys.argv[1]); "
-        "print(json.dumps(b.run_case(o, tuple(g), t, k, bs, r)))"
+        f"torch.set_num_threads({threads}); o,g,t,k,bs,r,d=json.loads(sys.argv[1]); "
+        "print(json.dumps(b.run_case(o, tuple(g), t, k, bs, r, d)))"
     )
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
     if proc.returncode:
@@ -104,29 +119,42 @@ def spawn(case: tuple, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="demo cases only")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--paper-depth", type=int, default=1, help="depth of the paper-scale training step")
-    args = parser.parse_args()
+# throughput unit per kind: token passes count batch × tokens per timed run; a step or a context prep counts 1
+_WORK = {"train": "tokens/s", "sample": "tokens/s", "sample_nocache": "tokens/s", "forward": "tokens/s",
+         "step": "steps/s", "context": "preps/s"}
 
+
+def run(quick: bool = False, device: str = "cpu", threads: int | None = None, paper_depth: int = 1) -> list[dict]:
+    """Print the table and return one record per case."""
+    threads = threads or torch.get_num_threads()
+    records = []
     cases = list(CASES)
-    if not args.quick:
-        paper_train = (f"paper 101×8×8 train (depth {args.paper_depth})", {"depth": args.paper_depth}, (101, 8, 8),
+    if not quick:
+        paper_train = (f"paper 101×8×8 train (depth {paper_depth})", {"depth": paper_depth}, (101, 8, 8),
                        "paper", "train", 1, 1)
         cases += [*PAPER_CASES, paper_train]
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, float32, guidance scale 5 (2b per step)\n")
+    print(f"torch {torch.__version__}, device {device}, {threads} CPU threads, float32, guidance scale 5 "
+          "(2b per step)\n")
     print(f"{'MaskGIT case':50s} {'depth':>5s} {'params':>8s} {'tokens':>6s} {'time s':>9s} {'peak Δ RSS':>11s}")
     results = {}
     for case in cases:
-        res = spawn(case, args.threads)
+        res = spawn(case, threads, device)
         results[case[0]] = res
+        name, grid, kind, batch = " ".join(case[0].split()), case[2], case[4], case[5]
+        shape = f"{batch}×{'×'.join(map(str, grid))} tokens"
         if "error" in res:
             print(f"{case[0]:50s} failed: {res['error']}")
+            records.append(record("maskgit", name, shape, error=res["error"]))
             continue
         print(f"{case[0]:50s} {res['depth']:5d} {res['params_m']:7.2f}M {res['tokens']:6d} {res['seconds']:9.3f} "
               f"{res['peak_delta_mb']:8.0f} MB")
+        unit = _WORK[kind]
+        amount = batch * res["tokens"] if unit == "tokens/s" else 1
+        records.append(record(
+            "maskgit", name, shape, res["seconds"], per_second(amount, res["seconds"]), unit, res["peak_rss_mb"],
+            res["peak_gpu_mb"], notes=f"depth {res['depth']}, {res['params_m']:.2f}M params, "
+            f"peak Δ {res['peak_delta_mb']:.0f} MiB", params_m=res["params_m"], depth=res["depth"],
+            tokens=res["tokens"], peak_delta_mib=res["peak_delta_mb"], threads=threads, device=device))
 
     step = results.get("paper 101×8×8 guided step, cache", {})
     prep = results.get("paper 101×8×8 context prep (per step w/o cache)", {})
@@ -134,6 +162,21 @@ def main() -> None:
         cached, uncached = 18 * step["seconds"] + prep["seconds"], 18 * (step["seconds"] + prep["seconds"])
         print(f"\npaper-scale volume, 18 guided steps (extrapolated): {cached:.0f} s with the cache, "
               f"{uncached:.0f} s recomputing bias + text k/v every step")
+        records.append(record(
+            "maskgit", "paper 101×8×8 sample 18 steps, cache (extrapolated)", "1×101×8×8 tokens", cached,
+            per_second(101 * 8 * 8, cached), "tokens/s", notes=f"EXTRAPOLATED: 18 × step + 1 context prep; "
+            f"{uncached:.0f} s without the cache", extrapolated=True, uncached_seconds=uncached, device=device))
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="demo cases only")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--paper-depth", type=int, default=1, help="depth of the paper-scale training step")
+    add_common_args(parser)
+    args = parser.parse_args()
+    write_json(args.json, run(args.quick, args.device, args.threads, args.paper_depth))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Super-resolution timings and memory: slice-batched vs one slice at a time, DPM-Solver++ vs ancestral.
 
 Usage: ``.venv/bin/python benchmarks/bench_superres.py [--quick] [--device cpu|cuda] [--threads N]
-[--paper-batches 1,2] [--demo-dim 32]``
+[--paper-batches 1,2] [--demo-dim 32] [--json OUT]``
 
 * demo: a dim-``--demo-dim`` U-Net (T5-width text, paper heads) upsamples a 17-slice 32² volume to 64²,
   whole volumes timed: ancestral 25 steps (the release's sampler and count) and DPM-Solver++(2M) 10 steps,
@@ -13,7 +13,8 @@ Usage: ``.venv/bin/python benchmarks/bench_superres.py [--quick] [--device cpu|c
 
 Each case runs in fresh subprocesses (fastest of ``--repeats`` shown: development machines are shared);
 "peak Δ" is that process's peak RSS minus its RSS after building the
-model and inputs (CPU), or ``torch.cuda.max_memory_allocated`` minus the weights (CUDA).
+model and inputs (CPU), or ``torch.cuda.max_memory_allocated`` minus the weights (CUDA). ``run()`` returns the
+figures as ``benchlib.record`` dicts (``--json OUT`` writes them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import time
 
 import torch
+from benchlib import add_common_args, peak_rss_mib, per_second, record, write_json
 
 from generatect_kedro.diffusion import upsample_volume
 from generatect_kedro.models.unet import UNet, UNetConfig
@@ -59,16 +61,20 @@ def run_case(config: dict, slices: int, lowres: int, scale: int, sampler: str, s
     start = time.perf_counter()
     out = upsample_volume(unet, volume, text, mask, scale=scale, sampler=sampler, steps=steps,
                           slice_batch_size=batch, generator=torch.Generator().manual_seed(0))
+    peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
+    peak_gpu = None
     if device == "cuda":
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+        peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+        peak = peak_gpu - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = peak_rss - base
     seconds = time.perf_counter() - start
     cpu_end = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu_end.ru_utime + cpu_end.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime
     assert out.shape == (slices, lowres * scale, lowres * scale)
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_delta_mb": peak, "params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_delta_mb": peak, "params_m": sum(p.numel() for p in unet.parameters()) / 1e6,
+            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu}
 
 
 def spawn_best(args: tuple, threads: int, repeats: int) -> dict:
@@ -102,28 +108,37 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds / 3600:8.1f} h"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the paper-scale cases")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads per case (1 is least disturbed on a shared machine)")
-    parser.add_argument("--demo-dim", type=int, default=32)
-    parser.add_argument("--paper-batches", default="1,2", help="slice batch sizes timed at 512²")
-    parser.add_argument("--repeats", type=int, default=2, help="fresh-process runs per case; the fastest is shown")
-    args = parser.parse_args()
-    print(f"torch {torch.__version__}, device {args.device}, {args.threads} CPU threads, float32, "
-          f"best of {args.repeats}, load average at start {load_average()}\n")
+def _record(stage: str, shape: str, res: dict, amount: float, unit: str, device: str, threads: int, notes: str,
+            **extra) -> dict:
+    if "error" in res:
+        return record("superres", stage, shape, error=res["error"])
+    return record("superres", stage, shape, res["seconds"], per_second(amount, res["seconds"]), unit,
+                  res["peak_rss_mb"], res["peak_gpu_mb"], notes=f"{res['params_m']:.2f}M params, CPU "
+                  f"{res['cpu_seconds']:.1f} s, peak Δ {res['peak_delta_mb']:.0f} MiB{notes}",
+                  params_m=res["params_m"], cpu_seconds=res["cpu_seconds"], peak_delta_mib=res["peak_delta_mb"],
+                  device=device, threads=threads, **extra)
 
-    demo = dict(dim=args.demo_dim)
+
+def run(quick: bool = False, device: str = "cpu", threads: int | None = None, demo_dim: int = 32,
+        paper_batches: str = "1,2", repeats: int = 2) -> list[dict]:
+    """Print the tables and return one record per case (throughput: output slices, or slice-steps, per second)."""
+    threads = threads or torch.get_num_threads()
+    records = []
+    print(f"torch {torch.__version__}, device {device}, {threads} CPU threads, float32, "
+          f"best of {repeats}, load average at start {load_average()}\n")
+
+    demo = dict(dim=demo_dim)
     slices = 17
-    print(f"demo: dim {args.demo_dim}, {slices} slices 32² → 64², whole volume")
+    print(f"demo: dim {demo_dim}, {slices} slices 32² → 64², whole volume")
     print(f"{'sampler':10s} {'steps':>5s} {'slices/batch':>12s} {'params':>8s} {'wall':>11s} {'CPU':>11s} "
           f"{'wall/slice':>10s} {'peak Δ':>9s}")
     demo_times = {}
     for sampler, steps in (("ancestral", 25), ("dpm++2m", 10)):
         for batch in (1, slices):
-            res = spawn_best((demo, slices, 32, 2, sampler, steps, batch, args.device), args.threads, args.repeats)
+            res = spawn_best((demo, slices, 32, 2, sampler, steps, batch, device), threads, repeats)
+            records.append(_record(f"demo {sampler} {steps} steps, {batch} slice(s)/batch",
+                                   f"{slices}×32² → {slices}×64²", res, slices, "slices/s", device, threads,
+                                   f", best of {repeats}"))
             if "error" in res:
                 print(f"{sampler:10s} {steps:5d} {batch:12d} failed: {res['error']}")
                 continue
@@ -136,26 +151,48 @@ def main() -> None:
               f"batched ×{ref / demo_times[('ancestral', slices)]:.1f}, DPM++ 10 one at a time "
               f"×{ref / demo_times[('dpm++2m', 1)]:.1f}, "
               f"DPM++ 10 batched ×{ref / demo_times[('dpm++2m', slices)]:.1f}")
-    if args.quick:
+    if quick:
         print(f"\nload average at end {load_average()}")
-        return
+        return records
 
-    batches = [int(b) for b in args.paper_batches.split(",")]
+    batches = [int(b) for b in paper_batches.split(",")]
     print(f"\npaper: released U-Net (dim 64), 128² → 512², ONE sampler step on a batch of slices (measured); "
           f"per-volume figures for {PAPER_SLICES} slices EXTRAPOLATED")
     print(f"{'slices/batch':>12s} {'params':>8s} {'step wall':>11s} {'step CPU':>11s} {'wall/slice-step':>15s} "
           f"{'peak Δ':>9s}   "
           f"{'volume: ancestral 25':>21s} {'volume: DPM++ 10':>17s}")
     for batch in batches:
-        res = spawn_best(({}, batch, 128, 4, "ancestral", 1, batch, args.device), args.threads, args.repeats)
+        res = spawn_best(({}, batch, 128, 4, "ancestral", 1, batch, device), threads, repeats)
         if "error" in res:
             print(f"{batch:12d} failed: {res['error']}")
+            stage, shape = f"paper one sampler step, {batch} slice(s)/batch", f"{batch}×128² → {batch}×512²"
+            records.append(_record(stage, shape, res, batch, "slice-steps/s", device, threads, ""))
             continue
         per = res["seconds"] / batch
+        records.append(_record(
+            f"paper one sampler step, {batch} slice(s)/batch", f"{batch}×128² → {batch}×512²", res, batch,
+            "slice-steps/s", device, threads, f", best of {repeats}; EXTRAPOLATED {PAPER_SLICES}-slice volume: "
+            f"ancestral 25 {per * PAPER_SLICES * 25 / 60:.0f} min, DPM++ 10 {per * PAPER_SLICES * 10 / 60:.0f} min",
+            volume_ancestral25_seconds=per * PAPER_SLICES * 25, volume_dpm10_seconds=per * PAPER_SLICES * 10))
         print(f"{batch:12d} {res['params_m']:7.2f}M {fmt_s(res['seconds'])} {fmt_s(res['cpu_seconds'])} {per:13.2f} s "
               f"{res['peak_delta_mb']:6.0f} MB   {fmt_s(per * PAPER_SLICES * 25):>21s} "
               f"{fmt_s(per * PAPER_SLICES * 10):>17s}")
     print(f"\nload average at end {load_average()}")
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the paper-scale cases")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads per case (1 is least disturbed on a shared machine)")
+    parser.add_argument("--demo-dim", type=int, default=32)
+    parser.add_argument("--paper-batches", default="1,2", help="slice batch sizes timed at 512²")
+    parser.add_argument("--repeats", type=int, default=2, help="fresh-process runs per case; the fastest is shown")
+    add_common_args(parser)
+    args = parser.parse_args()
+    write_json(args.json, run(args.quick, args.device, args.threads, args.demo_dim, args.paper_batches,
+                              args.repeats))
 
 
 if __name__ == "__main__":

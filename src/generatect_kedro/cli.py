@@ -116,12 +116,13 @@ def ingest(dicom_dir: Path, out_dir: Path, reports: Path | None, env: str | None
 
 
 def _register_commands() -> None:
+    from generatect_kedro.commands.check_config import check_config
     from generatect_kedro.commands.generate import generate
     from generatect_kedro.commands.lineage import lineage
     from generatect_kedro.commands.promote import promote
     from generatect_kedro.commands.register_generator import register_generator
 
-    for command in (generate, lineage, promote, register_generator):
+    for command in (check_config, generate, lineage, promote, register_generator):
         main.add_command(command)
 
 

@@ -226,7 +226,7 @@ def _merge_sampler(base: Mapping[str, Any], overrides: Mapping[str, Any] | None)
     from generatect_kedro.generation.sampler import _STAGE_KEYS
 
     o = dict(overrides or {})
-    unknown = sorted(set(o) - {"transformer", "superres", "batch_size", "slice_batch_size"})
+    unknown = sorted(set(o) - {"transformer", "superres", "batch_size", "slice_batch_size", "precision"})
     if unknown:
         raise GenerationError(f"sampler: unknown key(s) {', '.join(unknown)}")
     stages = [{k: stage[k] for k in _STAGE_KEYS} for stage in base["superres"]]
@@ -238,7 +238,8 @@ def _merge_sampler(base: Mapping[str, Any], overrides: Mapping[str, Any] | None)
         stage.update(dict(more or {}))
     return {"transformer": {**dict(base["transformer"]), **dict(o.get("transformer") or {})}, "superres": stages,
             "batch_size": o.get("batch_size", base["batch_size"]),
-            "slice_batch_size": o.get("slice_batch_size", base["slice_batch_size"])}
+            "slice_batch_size": o.get("slice_batch_size", base["slice_batch_size"]),
+            "precision": o.get("precision", base.get("precision", "auto"))}
 
 
 def _rows(model_input: Any) -> list[dict[str, Any]]:

@@ -7,6 +7,12 @@ Nothing random is shared between items, and nothing is padded: prompts are encod
 are batched only with items of the same slice count *and* token count, so a (prompt, seed, slice_count)
 gives the same voxels alone or in any batch, on any rank. With a token critic (its noise comes from one
 generator per call) items are sampled one by one.
+
+**Precision.** ``precision`` (auto | fp32 | bf16; auto = bf16 on CUDA, fp32 elsewhere, as in training) runs the
+transformer, the CT-ViT decode and each U-Net call under ``torch.autocast(bfloat16)``. Sampling arithmetic stays
+fp32: MaskGIT logits are cast back before noise and re-masking, and the diffusion schedule and x_t updates never
+run under autocast (only the U-Net call does, and its output is cast back). bf16 changes the voxels slightly,
+so the precision that ran is recorded with every volume.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from generatect_kedro.diffusion.upsample import Cascade
 from generatect_kedro.generation.geometry import OutputGeometry
@@ -31,9 +38,33 @@ from generatect_kedro.volume import HUVolume, from_dhw, hu_to_int16
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["GenerationItem", "SamplerSettings", "VolumeSampler"]
+__all__ = ["GenerationItem", "SamplerSettings", "VolumeSampler", "resolve_precision"]
 
 _STAGE_KEYS = ("sampler", "steps", "cond_scale", "lowres_noise_level")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """'auto' → 'bf16' on CUDA, else 'fp32' (the trainer's rule); 'fp32' / 'bf16' are kept as asked."""
+    if precision not in PRECISIONS:
+        raise GenerationError(f"generation.sampler.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+class _Autocast(nn.Module):
+    """Runs the wrapped U-Net under bf16 autocast and hands back float32, so the sampler's arithmetic is fp32."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        device_type = next(self.module.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return self.module(*args, **kwargs).float()
 
 
 @dataclass(frozen=True)
@@ -60,12 +91,14 @@ class SamplerSettings:
     stages: tuple[dict[str, Any], ...]  # per cascade stage: sampler, steps, cond_scale, lowres_noise_level
     batch_size: int = 4  # items the transformer samples together
     slice_batch_size: int = 8  # axial slices per U-Net call
+    precision: str = "auto"  # auto | fp32 | bf16; from_params resolves auto when the models have a device
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None, models: LoadedModels) -> SamplerSettings:
         """``generation.sampler``: ``transformer: {steps, temperature, cond_scale, …}``, ``superres``: one mapping
-        for every stage or a list (one per stage), ``batch_size``, ``slice_batch_size``; nulls keep the
-        registered value."""
+        for every stage or a list (one per stage), ``batch_size``, ``slice_batch_size``, ``precision``; nulls keep
+        the registered value (precision: auto). "auto" is resolved on ``models.device`` when there is one, so the
+        record says what ran."""
         p = dict(params or {})
         registered = dict(models.configs["transformer"].get("sampler") or {})
         overrides = {k: v for k, v in dict(p.get("transformer") or {}).items() if v is not None}
@@ -90,12 +123,17 @@ class SamplerSettings:
         batch, slices = int(p.get("batch_size", 4)), int(p.get("slice_batch_size", 8))
         if batch < 1 or slices < 1:
             raise GenerationError("generation.sampler.batch_size and slice_batch_size must be ≥ 1")
-        return cls(transformer, tuple(effective), batch, slices)
+        precision = str(p.get("precision") or "auto")
+        resolve_precision(precision, "cpu")  # validates
+        device = getattr(models, "device", None)  # none when serving pins settings at registration: auto stays
+        if device is not None:
+            precision = resolve_precision(precision, device)
+        return cls(transformer, tuple(effective), batch, slices, precision)
 
     def record(self) -> dict[str, Any]:
         """The sidecar's ``sampler`` section."""
         return {"transformer": dict(dataclasses.asdict(self.transformer)), "superres": [dict(s) for s in self.stages],
-                "batch_size": self.batch_size, "slice_batch_size": self.slice_batch_size}
+                "batch_size": self.batch_size, "slice_batch_size": self.slice_batch_size, "precision": self.precision}
 
 
 class VolumeSampler:
@@ -114,9 +152,11 @@ class VolumeSampler:
             raise GenerationError(f"the transformer samples {registered[1]}x{registered[2]} token slices but the "
                                   f"CT-ViT decodes {self.grid_hw[0]}x{self.grid_hw[1]}")
         self.default_slice_count = (1 + (registered[0] - 1) * self.temporal_patch) if registered else None
+        self.bf16 = resolve_precision(settings.precision, models.device) == "bf16"
         base = models.cascade
         stages = [dataclasses.replace(stage, sampler=s["sampler"], steps=s["steps"], cond_scale=s["cond_scale"],
-                                      lowres_noise_level=s["lowres_noise_level"])
+                                      lowres_noise_level=s["lowres_noise_level"],
+                                      unet=_Autocast(stage.unet) if self.bf16 else stage.unet)
                   for stage, s in zip(base.stages, settings.stages)]
         self.cascade = Cascade(stages)  # shares the registered U-Nets; only the sampling settings differ
         self._text: dict[str, torch.Tensor] = {}
@@ -156,6 +196,10 @@ class VolumeSampler:
             sync()
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - tic
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast on the models' device when the precision asks for it, else a disabled one."""
+        return torch.autocast(self.models.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def _embed(self, prompt: str) -> torch.Tensor:
         """(L, d) embeddings of one prompt, encoded alone (no padding, so no dependence on batch mates)."""
         if prompt not in self._text:
@@ -192,13 +236,14 @@ class VolumeSampler:
             rows = [gumbel_noise(tuple(logits.shape[1:]), generator=g, dtype=torch.float32) for g in generators]
             return torch.stack(rows).to(device=logits.device, dtype=logits.dtype)
 
-        return sample_tokens(self.models.transformer, text, mask, grid, config=self.settings.transformer,
-                             critic=critic, noise_fn=noise_fn, generator=critic_generator)
+        with self._autocast():  # the sampler casts logits back to fp32 before its own arithmetic
+            return sample_tokens(self.models.transformer, text, mask, grid, config=self.settings.transformer,
+                                 critic=critic, noise_fn=noise_fn, generator=critic_generator)
 
     @torch.no_grad()
     def _volume(self, item: GenerationItem, ids: torch.Tensor, generator: torch.Generator) -> HUVolume:
         device = self.models.device
-        with self._timed("decode"):
+        with self._timed("decode"), self._autocast():
             lowres = self.models.ctvit.decode_from_ids(ids.to(device)).float().clamp(-1.0, 1.0)[0, 0]
         text = self._embed(item.prompt)[None].to(device)
         with self._timed("superres"):

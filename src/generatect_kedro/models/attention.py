@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm", "GEGLU", "FeedForward", "PEG", "Attention", "Transformer", "exists", "default", "l2norm"]
+__all__ = [
+    "LayerNorm", "GEGLU", "FeedForward", "PEG", "Attention", "Transformer", "exists", "default", "l2norm", "sdpa_dtype",
+]
 
 TokenOrder = Literal["bthw", "bhwt"]
 
@@ -35,6 +37,14 @@ def default(val, d):
 
 def l2norm(t: Tensor) -> Tensor:
     return F.normalize(t, dim=-1)
+
+
+def sdpa_dtype(t: Tensor) -> torch.dtype:
+    """The dtype SDPA computes in for ``t``'s device: autocast's when it is on (SDPA casts q, k, v and the mask
+    to it), else ``t``'s. Building additive masks in it avoids an N² fp32 round trip, and its own −max (a
+    float32 −max would round to −inf in bf16)."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
 
 
 class LayerNorm(nn.Module):
@@ -107,7 +117,8 @@ class Attention(nn.Module):
     q and k are l2-normalised per head (null keys included), multiplied by learned per-dimension
     ``q_scale``/``k_scale`` and a fixed ``scale`` (passed to SDPA so it does not rescale by 1/sqrt(d)).
     ``null_kv`` (heads, 2·num_null_kv, dim_head) is interleaved key0, value0, key1, ... and prepended;
-    the additive bias and key mask are padded for it. Masked logits get −finfo.max, as in the release.
+    the additive bias and key mask are padded for it. Masked logits get −finfo.max, as in the release (of
+    the dtype SDPA computes in, see :func:`sdpa_dtype`).
     ``causal`` is a plain causal mask (the release pairs it with ALiBi but never enables it in GenerateCT).
     """
 
@@ -153,12 +164,13 @@ class Attention(nn.Module):
         if attn_bias is None and mask is None and not self.causal:
             return None
         i, j = q.shape[-2], k.shape[-2]
+        dtype = sdpa_dtype(q)
         if attn_bias is not None:
             if attn_bias.ndim == 3:  # (heads, i, j) → 4-D: a 3-D mask sends CPU SDPA to its O(N²)-memory math kernel
                 attn_bias = attn_bias.unsqueeze(0)
-            out = F.pad(attn_bias.to(q.dtype), (self.num_null_kv, 0), value=0.0)
+            out = F.pad(attn_bias.to(dtype), (self.num_null_kv, 0), value=0.0)
         else:
-            out = q.new_zeros(1, 1, i, j)
+            out = q.new_zeros(1, 1, i, j, dtype=dtype)
         keep = None
         if mask is not None:
             keep = rearrange(F.pad(mask, (self.num_null_kv, 0), value=True), "b j -> b 1 1 j")
@@ -166,7 +178,7 @@ class Attention(nn.Module):
             causal_keep = ~torch.ones((i, j), device=q.device, dtype=torch.bool).triu(j - i + 1)
             keep = causal_keep if keep is None else keep & causal_keep
         if keep is not None:
-            out = out.masked_fill(~keep, -torch.finfo(q.dtype).max)
+            out = out.masked_fill(~keep, -torch.finfo(dtype).max)
         return out
 
     def forward(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from generatect_kedro.models.attention import Attention, Transformer, l2norm
+from generatect_kedro.models.attention import Attention, Transformer, l2norm, sdpa_dtype
 from generatect_kedro.models.position_bias import ContinuousPositionBias
 
 __all__ = ["MaskGITConfig", "MaskGIT", "MaskGITContext", "text_keep_mask"]
@@ -118,7 +118,7 @@ def _self_attention(attn: Attention, x: Tensor, bias: Tensor) -> Tensor:
     q = l2norm(q) * attn.q_scale
     k = l2norm(k) * attn.k_scale
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias.to(q.dtype), dropout_p=attn.dropout if attn.training else 0.0, scale=attn.scale
+        q, k, v, attn_mask=bias.to(sdpa_dtype(q)), dropout_p=attn.dropout if attn.training else 0.0, scale=attn.scale
     )
     return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -138,7 +138,7 @@ def _cross_kv(attn: Attention, context: Tensor) -> tuple[Tensor, Tensor]:
 def _cross_attention(attn: Attention, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     q = l2norm(rearrange(attn.to_q(attn.norm(x)), "b n (h d) -> b h n d", h=attn.heads)) * attn.q_scale
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask.to(q.dtype), dropout_p=attn.dropout if attn.training else 0.0, scale=attn.scale
+        q, k, v, attn_mask=mask.to(sdpa_dtype(q)), dropout_p=attn.dropout if attn.training else 0.0, scale=attn.scale
     )
     return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -239,7 +239,7 @@ class MaskGIT(nn.Module):
 
         num_null = self.config.num_null_kv
         keep = rearrange(F.pad(keep, (num_null, 0), value=True), "b j -> b 1 1 j")
-        dtype = self.pos_emb.weight.dtype
+        dtype = sdpa_dtype(self.pos_emb.weight)  # under autocast: its dtype and its −max (fp32's is −inf in bf16)
         cross_mask = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
         cross_mask = cross_mask.masked_fill(~keep, -torch.finfo(dtype).max)
         cross_kv = [_cross_kv(cross_attn, text_embeds) for _, _, cross_attn, _ in self.transformer.layers]
@@ -310,7 +310,8 @@ class MaskGIT(nn.Module):
     ) -> Tensor:
         """Classifier-free guidance ``null + (cond − null)·cond_scale`` from ONE batched pass of size 2b.
 
-        With ``cond_scale == 1`` (and no guidance context) it is the plain conditional forward.
+        With ``cond_scale == 1`` (and no guidance context) it is the plain conditional forward. The mix is at
+        least fp32: under bf16 autocast, cond_scale would otherwise amplify the logits' rounding.
         """
         flat, grid = self._ids_for(ids, grid_shape, context)
         if context is None:
@@ -322,5 +323,5 @@ class MaskGIT(nn.Module):
         if not context.guidance:
             return self.forward(flat, grid_shape=grid, context=context)
         both = self._head(self.embed(torch.cat((flat, flat), dim=0), context))
-        cond, null = both.chunk(2, dim=0)
+        cond, null = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2, dim=0)  # bf16 → fp32 mix
         return null + (cond - null) * cond_scale

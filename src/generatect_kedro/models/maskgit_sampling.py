@@ -10,7 +10,8 @@ Start fully masked; at step s = 0 … steps−1:
      uniform noise noise_scale·(U − ½)·anneal(s) (any token can be re-masked).
 All randomness comes from one ``torch.Generator`` (Gumbel uniforms (b, N, K) per step, then the critic's
 uniforms): the same seed gives the same ids. The position bias and text keys/values are computed once per
-call (``use_cache``), not once per step.
+call (``use_cache``), not once per step. Under autocast the models' logits are cast to float32, so the noise,
+temperature, softmax and re-masking arithmetic above stay in fp32 whatever precision the transformer ran in.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def sample_tokens(
                 mask = torch.zeros((b, n), dtype=torch.bool, device=device).scatter(1, indices, True)
             ids = torch.where(mask, model.mask_id, ids)
             input_ids = ids
-            logits = _logits(model, ids, text_embeds, text_mask, grid, ctx, config.cond_scale, guided)
+            logits = _logits(model, ids, text_embeds, text_mask, grid, ctx, config.cond_scale, guided).float()
 
             if noise_fn is not None:
                 noise = noise_fn(step, logits)
@@ -156,7 +157,8 @@ def sample_tokens(
             if step == config.steps - 1:
                 break
             if critic is not None:
-                scores = _logits(critic, ids, text_embeds, text_mask, grid, critic_ctx, critic_scale, critic_guided)
+                scores = _logits(critic, ids, text_embeds, text_mask, grid, critic_ctx, critic_scale,
+                                 critic_guided).float()
                 uniform = torch.rand(scores.shape, generator=generator, device=device, dtype=scores.dtype)
                 scores = scores + config.critic_noise_scale * (uniform - 0.5) * _critic_anneal(config, step)
             else:
