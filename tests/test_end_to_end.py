@@ -118,9 +118,13 @@ E2E_OVERRIDES = {
                  "validation": {"max_volumes": 1}, "evaluation": {"max_volumes": 1},
                  "stages": [{"scale": 2, "sampler": "dpm++2m", "steps": 4, "lowres_noise_level": 0.1,
                              "cond_scale": 1.0, "resize_mode": "nearest", "crop": None}]},
+    "evaluation": {"test_splits": ["valid", "test"], "max_train_volumes": 4,
+                   "classifier": {"trainer": {"max_steps": 4, "batch_size": 2, "log_every": 2}},
+                   "utility": {"unseen": {"max_prompts": 1}}},
     "promotion": {"gates": {
         "generatect-ctvit": [{"metric": "ctvit/val/psnr_gain_db", "op": ">=", "threshold": 3.0}],
-        "generatect-transformer": [{"metric": "transformer/val/text_gain", "op": ">", "threshold": -100.0}],
+        "generatect-transformer": [{"metric": "transformer/val/text_gain", "op": ">", "threshold": -100.0},
+                                   {"metric": "evaluation/hu_sanity/generated_volumes", "op": ">=", "threshold": 1}],
         "generatect-superres": [{"metric": "superres/eval/diffusion/psnr_hu", "op": ">", "threshold": 0.0}],
     }},
     "generation": {"default_prompts": [{"age": 65, "sex": "male", "impression": "Cardiomegaly."},
@@ -204,8 +208,19 @@ def test_demo_run_end_to_end(tmp_path):
     evaluation = json.loads((data / "08_reporting" / "superres" / "evaluation.json").read_text())
     assert set(evaluation["methods"]) == {"diffusion", "trilinear"} and evaluation["scale"] == 2
 
+    # Evaluation before promotion: report, DVC metrics, and the numbers on the evaluated versions (a gate reads one).
+    metrics = json.loads((data / "08_reporting" / "evaluation" / "metrics.json").read_text())
+    assert metrics["evaluation/hu_sanity/generated_volumes"] >= 1 and "evaluation/fvd_3d/classifier" in metrics
+    assert "## Text alignment" in (data / "08_reporting" / "evaluation" / "report.md").read_text()
+    assert (data / "08_reporting" / "evaluation" / "montage.png").is_file()
+    assert "evaluation/utility/synthetic/mean_auroc" in metrics or \
+        "synthetic" in pd.read_csv(data / "08_reporting" / "evaluation" / "utility.csv")["arm"].tolist()
+
     # Promotion, then generation with the champions: NIfTI + sidecar + preview + DICOM, lineage verified.
     promotion = json.loads((data / "08_reporting" / "promotion" / "promotion.json").read_text())
+    assert promotion["evaluation_metrics"] == metrics
+    gate = promotion["models"]["generatect-transformer"]["gates"][1]
+    assert gate["metric"] == "evaluation/hu_sanity/generated_volumes" and gate["source"].startswith("version tag")
     assert sorted(promotion["summary"]["promoted"]) == ["generatect-ctvit", "generatect-superres",
                                                         "generatect-transformer"]
     generator = json.loads((data / "06_models" / "generator" / "model_version.json").read_text())
@@ -228,3 +243,4 @@ def test_demo_run_end_to_end(tmp_path):
     secrets = identifiers_in(raw / "dicom")
     assert not any(secret in result.output for secret in secrets)
     assert_no_identifiers(generated, secrets)
+    assert_no_identifiers(data / "07_model_output" / "evaluation", secrets)

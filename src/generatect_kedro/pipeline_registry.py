@@ -13,7 +13,8 @@ from kedro.pipeline import Pipeline
 from generatect_kedro.pipelines.ingestion import create_ctrate_pipeline
 
 # Downstream of ingestion, in dependency order (later issues append their stages here).
-DOWNSTREAM = ("data_quality", "split", "preprocessing", "ctvit", "transformer", "superres", "promotion", "generation")
+DOWNSTREAM = ("data_quality", "split", "preprocessing", "ctvit", "transformer", "superres", "evaluation", "promotion",
+              "generation")
 
 
 def register_pipelines() -> dict[str, Pipeline]:

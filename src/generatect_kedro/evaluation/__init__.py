@@ -1,9 +1,11 @@
 """Evaluation of generated CT (issue #7): the abnormality classifier's training and metrics, Fréchet
-distances (slice FID, volume FVD) with a named feature network, and HU sanity of generated volumes.
+distances (slice FID, volume FVD) with a named feature network, text alignment, HU sanity, the downstream
+utility experiment and the report.
 
-Library code only; the Kedro `evaluation` pipeline wires it to the generated and real cohorts.
+Library code; the Kedro `evaluation` pipeline (pipelines/evaluation) wires it to the real and generated cohorts.
 """
 
+from generatect_kedro.evaluation.alignment import AlignmentReport, text_alignment
 from generatect_kedro.evaluation.classification_metrics import ClassificationReport, classification_report
 from generatect_kedro.evaluation.classifier_training import (
     ClassifierTrainingConfig,
@@ -25,8 +27,11 @@ from generatect_kedro.evaluation.frechet import (
     fvd_3d,
 )
 from generatect_kedro.evaluation.hu_sanity import HUSanityConfig, HUSanityReport, hu_sanity
+from generatect_kedro.evaluation.utility import run_utility_experiment
+from generatect_kedro.evaluation.volume_sets import VolumeSet, predict_scores
 
 __all__ = [
+    "AlignmentReport",
     "ClassificationReport",
     "ClassifierFeatures",
     "ClassifierTrainingConfig",
@@ -38,6 +43,7 @@ __all__ = [
     "TorchScriptI3D",
     "TorchScriptInception",
     "VolumeLabelDataset",
+    "VolumeSet",
     "classification_report",
     "evaluate_classifier",
     "fid_2d",
@@ -46,5 +52,8 @@ __all__ = [
     "fvd_3d",
     "hu_sanity",
     "predict_probabilities",
+    "predict_scores",
+    "run_utility_experiment",
+    "text_alignment",
     "train_classifier",
 ]

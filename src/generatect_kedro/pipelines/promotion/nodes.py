@@ -56,8 +56,13 @@ def _tag_active_run(models: Mapping[str, Mapping[str, Any]]) -> None:
 def promote_trained_models(ctvit_model_version: Mapping[str, Any] | None,
                            transformer_model_version: Mapping[str, Any] | None,
                            superres_model_version: Mapping[str, Any] | None,
-                           params: Mapping[str, Any]) -> dict[str, Any]:
-    """Promote (or refuse) the version each training pipeline registered; a JSON report per model."""
+                           params: Mapping[str, Any], evaluation_metrics: Mapping[str, Any] | None = None,
+                           ) -> dict[str, Any]:
+    """Promote (or refuse) the version each training pipeline registered; a JSON report per model.
+
+    ``evaluation_metrics`` (the evaluation pipeline's headline numbers, ``{}`` when it has not run) orders
+    promotion after evaluation in one ``kedro run``; the gates read the same numbers from the versions' tags.
+    """
     versions = {"generatect-ctvit": ctvit_model_version, "generatect-transformer": transformer_model_version,
                 "generatect-superres": superres_model_version}
     considered = [model_name(str(m)) for m in (params.get("models") or list(versions))]
@@ -71,6 +76,7 @@ def promote_trained_models(ctvit_model_version: Mapping[str, Any] | None,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fail_on_refusal": bool(params.get("fail_on_refusal", False)),
         "models": models,
+        "evaluation_metrics": dict(evaluation_metrics or {}),
         "summary": {status: sorted(n for n, m in models.items() if m["status"] == status)
                     for status in ("promoted", "noop", "dry-run", "refused", "error", "skipped")},
     }

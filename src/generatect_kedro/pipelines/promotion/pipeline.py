@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001 - kedro's signature
             Node(
                 nodes.promote_trained_models,
                 ["ctvit_model_version", "transformer_model_version", "superres_model_version",
-                 "params:promotion"],
+                 "params:promotion", "evaluation_metrics"],
                 "promotion_report",
                 name="promote_trained_models",
             ),

@@ -160,6 +160,12 @@ def _validation(sources: list[VolumeSources], geometry: StageGeometry, depth: in
                             preview_slices=int(params.get("preview_slices", 3)), seed=int(params.get("seed", 0)))
 
 
+def _training_keys(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage's config without the x̂₀-thresholding keys: they only change sampling, so switching them must
+    not move the checkpoint folder (digests from before the keys existed stay valid)."""
+    return {k: v for k, v in stage.items() if k not in ("dynamic_thresholding", "threshold_percentile")}
+
+
 def train_superres(superres_lowres_recon: Mapping[str, Callable[[], Any]],
                    grids_fullres: Mapping[str, Callable[[], Any]], prompt_embeddings: Mapping[str, Callable[[], Any]],
                    prompt_index: pd.DataFrame, splits: pd.DataFrame, params: Mapping[str, Any]
@@ -191,8 +197,8 @@ def train_superres(superres_lowres_recon: Mapping[str, Callable[[], Any]],
     loss_params = dict(params.get("loss") or {})
     cond_drop_prob = float(loss_params.pop("cond_drop_prob", 0.1))
     hu_window = tuple(float(v) for v in params.get("hu_window", (-1000, 1000)))
-    identity = _digest({"stages": [s.to_config() for s in stages], "optimizer": repr(optimizer), "ema": ema_params,
-                        "loss": [cond_drop_prob, loss_params], "crops": [s.crop for s in stages],
+    identity = _digest({"stages": [_training_keys(s.to_config()) for s in stages], "optimizer": repr(optimizer),
+                        "ema": ema_params, "loss": [cond_drop_prob, loss_params], "crops": [s.crop for s in stages],
                         "train_ids": train_ids, "condition": lineage, "text": fingerprint})
     configs = [trainer_config(params, stage, identity) for stage in stages]
     for config in configs:  # all stages' DeepSpeed configs, before the first one trains for days
@@ -259,6 +265,28 @@ METRIC_DEFINITIONS = {
     "hf_correlation": "correlation of the output's and the ground truth's HF components (0 = unrelated, e.g. noise)",
     "hf_relative_error": "HF error power / ground-truth HF power (1 = no HF at all; < 1 restores true detail)",
 }
+POSTERIOR_MEAN = "diffusion_mean_k"
+_DRAW_SEED_STRIDE = 1_000_003  # draw k of volume i is seeded seed + i + k·stride (k = 0: the `diffusion` draw)
+
+
+def posterior_mean(draw: Callable[[int], torch.Tensor], k: int) -> torch.Tensor:
+    """The mean of ``k`` samples ``draw(0) … draw(k − 1)``: an estimate of the posterior mean E[x | input].
+
+    Why the evaluation scores it (``diffusion_mean_k``): part of the ground truth's detail above the low-res
+    Nyquist is unpredictable from the input (CT noise, structures smaller than a low-res voxel). A perfect
+    sampler draws that part afresh, independent of the truth, so one sample's HF correlation with the truth
+    is about R² — R being the posterior mean's correlation — and it falls below a smooth method's even when
+    the model restores the predictable detail (edges) better. Averaging k samples keeps the shared
+    (predicted) part and divides the invented part's power by k: with predicted HF power s² and invented n²,
+    one sample correlates 1/sqrt(1 + n²/s²)·R, the k-mean 1/sqrt(1 + n²/(k·s²))·R. The k-mean's HF
+    correlation and relative error therefore say how much true detail the model restores; one sample's
+    say what a generated volume looks like (detail + texture)."""
+    if k < 1:
+        raise ValueError(f"posterior_mean needs k >= 1 samples, got {k}")
+    total = draw(0).double()
+    for i in range(1, k):
+        total += draw(i).double()
+    return (total / k).float()
 
 
 def _scores(pred_hu: torch.Tensor, truth_hu: torch.Tensor, scale: int) -> dict[str, float]:
@@ -274,7 +302,9 @@ def evaluate_superres(superres_weights: Mapping[str, torch.Tensor], superres_tra
                       splits: pd.DataFrame, params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """Upsample each validation volume's stage-1 input with the cascade (EMA weights, registered samplers)
     and, for comparison, trilinearly; score both against the full grid: PSNR/SSIM in HU and the share of
-    the ground truth's high-frequency power each restores (`metrics.frequency`). Rank 0 only."""
+    the ground truth's high-frequency power each restores (`metrics.frequency`). With
+    ``evaluation.posterior_samples: K`` ≥ 2 the mean of K cascade samples (the first is the ``diffusion``
+    one) is scored too, as ``diffusion_mean_k`` (see `posterior_mean` for why). Rank 0 only."""
     if process_rank() != 0:
         return {"skipped": f"rank {process_rank()}: evaluation runs on rank 0"}, None
     summary = superres_training_summary
@@ -290,35 +320,54 @@ def evaluate_superres(superres_weights: Mapping[str, torch.Tensor], superres_tra
     scale = int(np.prod([s["scale"] for s in summary["cascade"]["stages"]]))
     full_hw = tuple(summary["grids"]["fullres"][1:])
     seed, batch = int(eval_params.get("seed", 0)), int(eval_params.get("slice_batch_size", 16))
-    rows, previews, seconds = [], {"low-res input": [], "trilinear": [], "diffusion": [], "ground truth": []}, []
+    k_samples = int(eval_params.get("posterior_samples") or 0)
+    if k_samples < 0:
+        raise ValueError(f"superres.evaluation.posterior_samples must be >= 0, got {k_samples}")
+    method_names = ["diffusion", "trilinear"] + ([POSTERIOR_MEAN] if k_samples >= 2 else [])
+    mean_label = f"mean of {k_samples} samples"
+    labels = ["low-res input", "trilinear", "diffusion"] + ([mean_label] if k_samples >= 2 else []) + ["ground truth"]
+    rows, previews, seconds = [], {label: [] for label in labels}, []
     for i, volume_id in enumerate(ids):
         condition = _tensor(superres_lowres_recon[volume_id])
         truth = to_hu(_tensor(grids_fullres[volume_id]), hu_window)
         embeds = torch.as_tensor(np.asarray(text[volume_id]().embeds, dtype=np.float32))[None]
+
+        def draw(k: int, condition=condition, embeds=embeds, i=i) -> torch.Tensor:
+            generator = torch.Generator().manual_seed(seed + i + k * _DRAW_SEED_STRIDE)
+            with torch.no_grad():
+                return cascade(condition.to(device), embeds.to(device), slice_batch_size=batch,
+                               generator=generator).float().cpu()
+
         tic = time.perf_counter()
-        with torch.no_grad():
-            upsampled = cascade(condition.to(device), embeds.to(device), slice_batch_size=batch,
-                                generator=torch.Generator().manual_seed(seed + i)).float().cpu()
+        upsampled = draw(0)
         seconds.append(time.perf_counter() - tic)
         outputs = {"diffusion": to_hu(upsampled, hu_window),
                    "trilinear": to_hu(trilinear_upsample(condition, full_hw), hu_window)}
+        if k_samples >= 2:
+            mean = posterior_mean(lambda k: upsampled if k == 0 else draw(k), k_samples)
+            outputs[POSTERIOR_MEAN] = to_hu(mean, hu_window)
         rows.append({"volume_id": volume_id, **{m: _scores(x, truth, scale) for m, x in outputs.items()}})
         if i < int(eval_params.get("preview_volumes", 3)):
             middle = condition.shape[0] // 2
-            for label, image in (("low-res input", to_hu(condition, hu_window)), ("trilinear", outputs["trilinear"]),
-                                 ("diffusion", outputs["diffusion"]), ("ground truth", truth)):
-                previews[label].append(image[middle].numpy())
+            images = {"low-res input": to_hu(condition, hu_window), "trilinear": outputs["trilinear"],
+                      "diffusion": outputs["diffusion"], mean_label: outputs.get(POSTERIOR_MEAN), "ground truth": truth}
+            for label in labels:
+                previews[label].append(images[label][middle].numpy())
     methods = {m: {k: float(np.mean([r[m][k] for r in rows])) if rows else None for k in METRIC_DEFINITIONS}
-               for m in ("diffusion", "trilinear")}
+               for m in method_names}
     report = {
         "split": str(eval_params.get("split", "valid")), "volumes": len(rows), "scale": scale,
         "hf_cutoff_cycles_per_pixel": lowres_nyquist(scale), "hu_window": list(hu_window),
         "input": summary["condition"], "definitions": METRIC_DEFINITIONS, "methods": methods,
-        "diffusion_minus_trilinear": {k: (methods["diffusion"][k] - methods["trilinear"][k]) if rows else None
-                                      for k in METRIC_DEFINITIONS},
-        "sampling": {"stages": [{k: s[k] for k in ("scale", "sampler", "steps", "lowres_noise_level", "cond_scale")}
+        **{f"{m}_minus_trilinear": {k: (methods[m][k] - methods["trilinear"][k]) if rows else None
+                                    for k in METRIC_DEFINITIONS} for m in method_names if m != "trilinear"},
+        "sampling": {"stages": [{**{k: s[k] for k in ("scale", "sampler", "steps", "lowres_noise_level",
+                                                       "cond_scale")},
+                                 "dynamic_thresholding": bool(s.get("dynamic_thresholding", True)),
+                                 "threshold_percentile": float(s.get("threshold_percentile", 0.95))}
                                 for s in summary["cascade"]["stages"]],
                      "seed": seed, "slice_batch_size": batch, "device": str(device),
+                     "posterior_samples": k_samples if k_samples >= 2 else 0,
                      "seconds_per_volume": round(float(np.mean(seconds)), 2) if seconds else None},
         "per_volume": rows,
     }
@@ -327,10 +376,15 @@ def evaluate_superres(superres_weights: Mapping[str, torch.Tensor], superres_tra
         mlflow.log_metrics({f"superres/eval/{m}/{k}": v for m, values in methods.items() for k, v in values.items()})
     if rows:
         LOG.info("superres evaluation on %d volumes: PSNR %.2f dB (trilinear %.2f), HF share %.2f (trilinear %.2f), "
-                 "HF correlation %.2f (trilinear %.2f)", len(rows), methods["diffusion"]["psnr_hu"],
+                 "HF correlation %.3f (trilinear %.3f)", len(rows), methods["diffusion"]["psnr_hu"],
                  methods["trilinear"]["psnr_hu"], methods["diffusion"]["hf_power_share"],
                  methods["trilinear"]["hf_power_share"], methods["diffusion"]["hf_correlation"],
                  methods["trilinear"]["hf_correlation"])
+        if POSTERIOR_MEAN in methods:
+            LOG.info("superres evaluation, mean of %d samples: PSNR %.2f dB, HF share %.2f, HF correlation %.3f, "
+                     "HF relative error %.3f", k_samples, *(methods[POSTERIOR_MEAN][k] for k in
+                                                           ("psnr_hu", "hf_power_share", "hf_correlation",
+                                                            "hf_relative_error")))
     if not rows:
         LOG.warning("superres evaluation: no %s volumes", report["split"])
         previews = {"no validation volumes": [np.full((8, 8), -1000.0)]}

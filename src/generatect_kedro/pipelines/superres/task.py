@@ -78,6 +78,8 @@ class StageSettings:
     lowres_noise_level: float = 0.1  # the release's fixed augmentation level at sampling
     cond_scale: float = 1.0  # the release samples without guidance
     resize_mode: str = "nearest"
+    dynamic_thresholding: bool = True  # sampling: Imagen's dynamic thresholding of x̂₀ (as released) or, off, a clamp
+    threshold_percentile: float = 0.95  # its quantile of |x̂₀| (released: 0.95)
     crop: int | None = None  # training crop side on the target grid; null = whole slices
     trainer: dict[str, Any] = field(default_factory=dict)  # overrides of superres.trainer for this stage
 
@@ -90,6 +92,10 @@ class StageSettings:
                              f"downsample factor {factor} (2 ** len(dim_mults))")
         if self.crop is not None and (self.crop % g.scale or self.crop > min(g.output_hw)):
             raise ValueError(f"{where}: crop {self.crop} must divide by the scale {g.scale} and fit {g.output_hw}")
+        if not isinstance(self.dynamic_thresholding, bool):
+            raise ValueError(f"{where}: dynamic_thresholding must be true or false, got {self.dynamic_thresholding!r}")
+        if not 0.0 < float(self.threshold_percentile) <= 1.0:
+            raise ValueError(f"{where}: threshold_percentile must be in (0, 1], got {self.threshold_percentile}")
 
     def to_config(self) -> dict[str, Any]:
         """The stage as the registry records it (the builder's input)."""
@@ -97,7 +103,8 @@ class StageSettings:
         return {"scale": g.scale, "input_hw": list(g.input_hw), "output_hw": list(g.output_hw),
                 "unet": plain(self.unet.to_dict()), "sampler": self.sampler, "steps": self.steps,
                 "lowres_noise_level": self.lowres_noise_level, "cond_scale": self.cond_scale,
-                "resize_mode": self.resize_mode}
+                "resize_mode": self.resize_mode, "dynamic_thresholding": self.dynamic_thresholding,
+                "threshold_percentile": float(self.threshold_percentile)}
 
 
 def stage_config(params: Mapping[str, Any], geometry: StageGeometry, text_dim: int) -> StageSettings:
@@ -108,7 +115,8 @@ def stage_config(params: Mapping[str, Any], geometry: StageGeometry, text_dim: i
         raise ValueError(f"superres unet.text_embed_dim {unet['text_embed_dim']} differs from the cached prompt "
                          f"embeddings' {text_dim}; leave it unset")
     stage.pop("scale", None)
-    known = {"sampler", "steps", "lowres_noise_level", "cond_scale", "resize_mode", "crop", "trainer"}
+    known = {"sampler", "steps", "lowres_noise_level", "cond_scale", "resize_mode", "dynamic_thresholding",
+             "threshold_percentile", "crop", "trainer"}
     unknown = sorted(set(stage) - known)
     if unknown:
         raise ValueError(f"superres.stages[{geometry.index}]: unknown key(s) {', '.join(unknown)}; "
@@ -118,13 +126,16 @@ def stage_config(params: Mapping[str, Any], geometry: StageGeometry, text_dim: i
 
 
 def build_cascade(config: Mapping[str, Any]) -> Cascade:
-    """The registry builder for kind ``superres_cascade``: a `Cascade` of fresh U-Nets (``unets.<i>.*``)."""
+    """The registry builder for kind ``superres_cascade``: a `Cascade` of fresh U-Nets (``unets.<i>.*``).
+    Configs registered before the thresholding keys existed sample as released (dynamic, 0.95)."""
     stages = []
     for stage in config["stages"]:
         stages.append(CascadeStage(
             unet=UNet(UNetConfig(**dict(stage["unet"]))), scale=int(stage["scale"]), sampler=str(stage["sampler"]),
             steps=int(stage["steps"]), lowres_noise_level=float(stage["lowres_noise_level"]),
-            cond_scale=float(stage["cond_scale"]), resize_mode=str(stage["resize_mode"])))
+            cond_scale=float(stage["cond_scale"]), resize_mode=str(stage["resize_mode"]),
+            dynamic_thresholding=bool(stage.get("dynamic_thresholding", True)),
+            threshold_percentile=float(stage.get("threshold_percentile", 0.95))))
     return Cascade(stages)
 
 
@@ -360,6 +371,8 @@ class SuperresTask(TrainingTask):
         out = upsample_slices(unet, lowres, batch["text"][:n], batch["text_mask"][:n], size=g.output_hw,
                               sampler=s.sampler, steps=s.steps, lowres_noise_level=s.lowres_noise_level,
                               cond_scale=s.cond_scale, resize_mode=s.resize_mode,
+                              dynamic_thresholding=s.dynamic_thresholding,
+                              threshold_percentile=s.threshold_percentile,
                               noise=PerSampleNoise(range(v.seed, v.seed + n), device=lowres.device))
         trilinear = trilinear_upsample(lowres[:, 0].float(), g.output_hw)
         hu = {name: to_hu(x.float().cpu(), v.hu_window) for name, x in
