@@ -87,7 +87,8 @@ class PerSampleNoise:
 
 
 def make_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
-    """'ancestral' (the release's) or 'dpm++2m'; an instance is returned as is."""
+    """'ancestral' (the release's) or 'dpm++2m', built with ``kwargs``; an instance is returned as is (its own
+    settings, e.g. ``dynamic_thresholding``, win: ``kwargs`` are ignored)."""
     if not isinstance(sampler, str):
         return sampler
     if sampler not in SAMPLERS:
@@ -149,11 +150,15 @@ def upsample_slices(
     resize_mode: str = "nearest",
     lowres_schedule: NoiseSchedule = LINEAR,
     callback: StepCallback | None = None,
+    dynamic_thresholding: bool = True,
+    threshold_percentile: float = 0.95,
 ) -> Tensor:
     """lowres (b, c, h, w) in [−1, 1] → (b, c, *size) in [−1, 1]; text (b|1, n, e) or (n, e), shared if 1.
 
     The condition is resized (nearest in the release; not clamped at sampling, as released), noised on
     the linear schedule at ``lowres_noise_level``, and both it and that level are fed to the U-Net.
+    ``dynamic_thresholding`` / ``threshold_percentile`` configure a sampler given by name (as released: on,
+    0.95); off, the ancestral sampler clamps x̂₀ to [−1, 1] (as released) and DPM-Solver++ leaves it as is.
     """
     device = lowres.device
     b, c = lowres.shape[:2]
@@ -166,7 +171,9 @@ def upsample_slices(
         unet, lowres_cond_img=lowres_noisy, lowres_noise_log_snr=lowres_schedule.log_snr(aug_times),
         text_embeds=text_embeds, text_mask=text_mask, cond_scale=cond_scale,
     )
-    return sample_loop(denoiser, make_sampler(sampler), (b, c, *size), steps=steps, noise=noise, device=device,
+    sampler = make_sampler(sampler, dynamic_thresholding=dynamic_thresholding,
+                           threshold_percentile=threshold_percentile)
+    return sample_loop(denoiser, sampler, (b, c, *size), steps=steps, noise=noise, device=device,
                        callback=callback)
 
 
@@ -196,12 +203,15 @@ def upsample_volume(
     generator: torch.Generator | None = None,
     slice_seeds: Sequence[int] | None = None,
     noise_device: str = "cpu",
+    dynamic_thresholding: bool = True,
+    threshold_percentile: float = 0.95,
 ) -> Tensor:
     """(D, h, w) in [−1, 1] → (D, h·scale, w·scale) in [−1, 1], slices in batches of ``slice_batch_size``.
 
     Runs on the U-Net's device. text_embeds (1, n, e) or (n, e): one prompt for the whole volume.
     ``slice_seeds`` (one per slice) replaces the draw from ``generator``: to shard a volume over ranks, draw
     :func:`slice_seeds_for` once and give each rank its slices and their seeds; the result is unchanged.
+    ``dynamic_thresholding`` / ``threshold_percentile``: see :func:`upsample_slices`.
     """
     if lowres_volume.ndim != 3:
         raise ValueError(f"expected a (D, h, w) volume, got shape {tuple(lowres_volume.shape)}")
@@ -213,7 +223,8 @@ def upsample_volume(
     seeds = list(slice_seeds) if slice_seeds is not None else slice_seeds_for(depth, generator)
     if len(seeds) != depth:
         raise ValueError(f"{len(seeds)} slice seeds for {depth} slices")
-    sampler = make_sampler(sampler)
+    sampler = make_sampler(sampler, dynamic_thresholding=dynamic_thresholding,
+                           threshold_percentile=threshold_percentile)
     out = torch.empty(depth, *size, device=device)
     for start in range(0, depth, slice_batch_size):
         stop = min(depth, start + slice_batch_size)
@@ -237,6 +248,10 @@ class CascadeStage:
     lowres_noise_level: float = 0.1
     cond_scale: float = 1.0
     resize_mode: str = "nearest"
+    # x̂₀ at every sampler step: Imagen's dynamic thresholding at this quantile of |x̂₀| (as released), or, off,
+    # a plain clamp to [−1, 1] (ancestral) / nothing (DPM-Solver++). Only for a sampler given by name.
+    dynamic_thresholding: bool = True
+    threshold_percentile: float = 0.95
 
 
 class Cascade(nn.Module):
@@ -275,5 +290,6 @@ class Cascade(nn.Module):
                 steps=stage.steps, slice_batch_size=slice_batch_size, lowres_noise_level=stage.lowres_noise_level,
                 cond_scale=stage.cond_scale, resize_mode=stage.resize_mode,
                 generator=torch.Generator().manual_seed(seed), noise_device=noise_device,
+                dynamic_thresholding=stage.dynamic_thresholding, threshold_percentile=stage.threshold_percentile,
             )
         return volume

@@ -97,17 +97,16 @@ def montage_figure(panels: Sequence[Mapping[str, Any]], window: tuple[float, flo
         ax.text(0.5, 0.5, "no generated test volume", ha="center", va="center")
         ax.set_axis_off()
         return figure
-    for r, panel in enumerate(panels):
-        for c, key in enumerate(("real", "generated")):
-            ax = figure.add_subplot(rows, 2, 2 * r + c + 1)
+    for panel, row in zip(panels, figure.subfigures(rows, 1, squeeze=False)[:, 0]):
+        row.suptitle(textwrap.fill(panel.get("prompt", ""), 90), fontsize=7)
+        axes = row.subplots(1, 2)
+        row.subplots_adjust(top=0.8, bottom=0.02, left=0.02, right=0.98, wspace=0.05)  # room for the prompt
+        for ax, key in zip(axes, ("real", "generated")):
             volume = panel.get(key)
             if volume is not None:
                 ax.imshow(volume[volume.shape[0] // 2], cmap="gray", vmin=window[0], vmax=window[1])
             ax.set_axis_off()
             ax.set_title(key, fontsize=8)
-        figure.text(0.5, 1 - (r + 0.02) / rows, textwrap.fill(panel.get("prompt", ""), 90), ha="center", va="top",
-                    fontsize=7)
-    figure.tight_layout(rect=(0, 0, 1, 1))
     return figure
 
 
@@ -199,6 +198,9 @@ def _section_utility(utility: pd.DataFrame) -> list[str]:
     rows = [[r.arm, r.real_volumes, r.synthetic_volumes, _fmt(r.auroc), _fmt(r.average_precision), r.reason]
             for r in means.itertuples(index=False)]
     lines += _table(["training set", "real", "synthetic", "mean AUROC", "mean AP", "labels"], rows)
+    if "real_plus_unseen" not in set(means["arm"]):
+        lines += ["No real + unseen-combination arm: no combination of `utility.unseen.size` evaluated labels is "
+                  "absent from the training reports, or `utility.unseen.enabled` is off.", ""]
     return lines + [f"![AUROC per label and training set]({FIGURES['auroc']})", ""]
 
 

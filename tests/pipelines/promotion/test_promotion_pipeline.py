@@ -46,7 +46,7 @@ def versions(tmp_path_factory):
 
 
 def run_pipeline(root: Path, infos: dict, params: dict) -> DataCatalog:
-    catalog = DataCatalog.from_config(catalog_config("promotion", root))
+    catalog = DataCatalog.from_config(catalog_config(["promotion", "evaluation"], root))  # no metrics.json yet: {}
     catalog["ctvit_model_version"] = MemoryDataset(infos["generatect-ctvit"])
     catalog["transformer_model_version"] = MemoryDataset(infos["generatect-transformer"])
     catalog["superres_model_version"] = MemoryDataset({"skipped": "rank 1: registration runs on rank 0"})
@@ -66,8 +66,12 @@ def test_pipeline_promotes_what_passes_and_reports_the_rest(versions, tmp_path):
     client = core._mlflow().MlflowClient()
     assert str(client.get_model_version_by_alias("generatect-ctvit", "champion").version) == \
         infos["generatect-ctvit"]["version"]
-    assert transformer["status"] == "refused" and len(transformer["failures"]) == 5  # all conditioning gates
+    # every gate fails: the conditioning probes and the evaluation's text alignment were never measured
+    assert transformer["status"] == "refused" and len(transformer["failures"]) == len(
+        params["gates"]["generatect-transformer"])
     assert "transformer/conditioning/cardiomegaly/p_value" in transformer["message"]
+    assert "evaluation/text_alignment/mean_auroc_generated" in transformer["message"]
+    assert report["evaluation_metrics"] == {}  # promotion on its own, before any evaluation: the optional default
     assert superres["status"] == "skipped" and "rank 1" in superres["message"]
     assert report["summary"]["promoted"] == ["generatect-ctvit"]
     run_pipeline(tmp_path, infos, params)  # a re-run changes nothing
