@@ -8,7 +8,6 @@ then gives zeros on CPU instead of the release's uniform average.
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -19,14 +18,6 @@ from generatect_kedro.models.unet_blocks import CrossAttention
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: threads only add synchronisation (and stall on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def perturb_(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:

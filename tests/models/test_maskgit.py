@@ -19,14 +19,6 @@ CONFIG = MaskGITConfig(num_tokens=32, dim=32, dim_context=16, depth=2, heads=2, 
 FAST = MaskGITSamplerConfig(steps=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: threads only add synchronisation (and stall badly on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random non-trivial weights (LayerNorm gains, q/k scales and null k/v away from their init)."""

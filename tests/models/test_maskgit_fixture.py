@@ -21,14 +21,6 @@ ATOL, RTOL = 1e-5, 1e-4
 GRID = (5, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: threads only add synchronisation (and stall badly on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def load_maskgit(fixtures_dir: Path) -> tuple[MaskGIT, dict[str, torch.Tensor]]:
     meta = json.loads((fixtures_dir / "maskgit.json").read_text())

@@ -19,14 +19,6 @@ CONFIG = MaskGITConfig(num_tokens=33, dim=32, dim_context=8, depth=2, heads=2, d
 GRID, STEPS = (3, 2, 2), 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: threads only add synchronisation (and stall on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model() -> MaskGIT:
