@@ -96,8 +96,9 @@ def run_one(name: str, script: Path, quick: bool, device: str, timeout: float | 
             status.update(status="failed", error=error, stderr_tail=(proc.stderr or "")[-4000:])
             return [failed_record(name, error)], status
         records = [_complete(name, r) for r in records]
-        bad = [r for r in records if r["status"] != "ok"]
-        status.update(status="failed" if bad or not records else "ok",
+        bad = [r for r in records if r["status"] not in ("ok", "skipped")]  # skipped: e.g. needs a trained run
+        skipped = bool(records) and all(r["status"] == "skipped" for r in records)
+        status.update(status="failed" if bad or not records else ("skipped" if skipped else "ok"),
                       error=f"{len(bad)} case(s) failed" if bad else (None if records else "no records"))
         return records or [failed_record(name, "the script returned no records")], status
 
@@ -270,8 +271,8 @@ def to_markdown(result: dict) -> str:
     ]
     for r in result["results"]:
         if r["status"] != "ok":
-            lines.append(f"| {_cell(r['benchmark'])} | {_cell(r['stage'])} | {_cell(r['shape'])} | failed | | | | "
-                         f"{_cell(r['error'])} |")
+            lines.append(f"| {_cell(r['benchmark'])} | {_cell(r['stage'])} | {_cell(r['shape'])} | {r['status']} "
+                         f"| | | | {_cell(r['error'] or r.get('notes'))} |")
             continue
         rate = f"{_num(r['throughput'])} {r['throughput_unit']}" if r.get("throughput") is not None else None
         lines.append(
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str) + "\n")
     md_path.write_text(to_markdown(result))
     log_path.write_text("\n".join(log) + "\n")
-    failed = [name for name, status in statuses.items() if status["status"] != "ok"]
+    failed = [name for name, status in statuses.items() if status["status"] not in ("ok", "skipped")]
     print(f"\nwrote {json_path}, {md_path} and {log_path} in {result['run']['wall_seconds']:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
