@@ -53,7 +53,7 @@ def _record(models: dict) -> dict:
         "item": {"item_id": "row0-1", "row": 0, "index_in_row": 1, "prompt": "bilateral pleural effusion",
                  "seed": 42, "slice_count": 8},
         "sampler": {"transformer": {"steps": 4, "cond_scale": 3.0},
-                    "superres": [{"sampler": "ddpm", "steps": 2, "cond_scale": 5.0}]},
+                    "superres": [{"sampler": "ddpm", "steps": 2, "cond_scale": 5.0}], "precision": "fp32"},
         "models": models,
         "text_encoder": {"path": "microsoft/BiomedVLP-CXR-BERT-specialized", "kind": "cxr-bert",
                          "fingerprint": "f" * 16},
@@ -96,6 +96,7 @@ def test_lineage_prints_verified_chain(generated, target):
     assert "git_commit=0123456789abcdef" in text and f"data.cohort_sha256={'c' * 64}" in text
     assert "optimizer.lr=0.0001" in text and "unrelated" not in text  # key params only
     assert "val.psnr=" in text and "seed           42" in text and "bilateral pleural effusion" in text
+    assert "precision      fp32" in text  # the sampler's resolved precision, as the sidecar records it
 
 
 def test_lineage_json_reverifies_weights_against_registry(generated):

@@ -309,6 +309,8 @@ def format_chain(chain: dict) -> str:
         lines.append(f"  transformer    {_kv(sampler['transformer'])}")
     for index, stage in enumerate(sampler.get("superres") or []):
         lines.append(f"  superres[{index}]    {_kv(stage)}")
+    if sampler.get("precision") is not None:  # bf16 and fp32 give close, not identical, volumes for a seed
+        lines.append(f"  precision      {sampler['precision']}")
     lines.append(f"  text encoder   {_kv(chain['text_encoder'])}")
     lines.append(f"  geometry       {_kv(chain['geometry'])}")
     if chain["generation_run"]:
