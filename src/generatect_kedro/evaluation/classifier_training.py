@@ -17,7 +17,7 @@ data order and dropout from the same seed, so a seed fixes the result on a given
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -192,17 +192,18 @@ def train_classifier(dataset: VolumeLabelDataset, model_config: ClassifierConfig
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, volumes: np.ndarray | Tensor, batch_size: int = 8) -> np.ndarray:
-    """Sigmoid probabilities (n, L) for (n, [1,] D, H, W) grids, in eval mode on the model's device."""
-    volumes = torch.as_tensor(np.asarray(volumes) if not isinstance(volumes, Tensor) else volumes).float()
-    if volumes.ndim == 4:
-        volumes = volumes.unsqueeze(1)
+def predict_probabilities(model: torch.nn.Module, volumes: np.ndarray | Tensor | Iterable[np.ndarray | Tensor],
+                          batch_size: int = 8) -> np.ndarray:
+    """Sigmoid probabilities (n, L) for stacked (n, [1,] D, H, W) grids or an iterable of (D, H, W) grids,
+    batch by batch (an iterable is never stacked whole), in eval mode on the model's device."""
+    from generatect_kedro.evaluation.frechet import iter_batches
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        out = [torch.sigmoid(model(volumes[i:i + batch_size].to(device)).float()).cpu()
-               for i in range(0, len(volumes), batch_size)]
+        out = [torch.sigmoid(model(batch.unsqueeze(1).to(device)).float()).cpu()
+               for batch in iter_batches(volumes, batch_size)]  # (b, D, H, W) → (b, 1, D, H, W)
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

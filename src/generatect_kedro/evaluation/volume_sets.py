@@ -119,19 +119,10 @@ class VolumeSet:
                          self.cache or other.cache, cached)
 
 
-@torch.no_grad()
 def predict_scores(model: torch.nn.Module, volumes: VolumeSet, batch_size: int = 4) -> np.ndarray:
     """Sigmoid probabilities (n, L), streaming the set batch by batch (never stacked whole)."""
-    from generatect_kedro.evaluation.frechet import iter_batches
+    from generatect_kedro.evaluation.classifier_training import predict_probabilities
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        out = [torch.sigmoid(model(batch.unsqueeze(1).to(device)).float()).cpu()
-               for batch in iter_batches(volumes.grids(), batch_size)]
-    finally:
-        model.train(was_training)
-    if not out:
+    if not len(volumes):
         return np.zeros((0, volumes.labels.shape[1]), dtype=np.float32)
-    return torch.cat(out).numpy()
+    return predict_probabilities(model, volumes.grids(), batch_size)

@@ -18,7 +18,13 @@ from safetensors import safe_open
 from generatect_kedro.utils.atomic import atomic_write_bytes
 from generatect_kedro.utils.safetensors_bytes import dumps_torch
 
-__all__ = ["SafetensorsModelDataset", "state_dict_bytes"]
+__all__ = ["SafetensorsModelDataset", "cpu_state_dict", "state_dict_bytes"]
+
+
+def cpu_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module``'s state dict (keys under ``prefix``), ready for this dataset: training
+    may go on moving the module's own tensors."""
+    return {f"{prefix}{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
 def state_dict_bytes(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:

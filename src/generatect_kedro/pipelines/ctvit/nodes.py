@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from generatect_kedro.io.safetensors_model import state_dict_bytes
+from generatect_kedro.io.safetensors_model import cpu_state_dict, state_dict_bytes
 from generatect_kedro.io.token_dataset import TokenGrid
 from generatect_kedro.losses import CTViTLoss, CTViTLossConfig
 from generatect_kedro.metrics import mean_volume, mean_volume_baseline_psnr
@@ -143,7 +143,7 @@ def train_ctvit(grids_lowres: Mapping[str, Callable[[], Any]], splits: pd.DataFr
     if task.last_validation is None and validation is not None:  # resumed an already finished run
         task.validate(result.step)
 
-    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in ctvit.state_dict().items()}
+    weights = cpu_state_dict(ctvit)
     run = active_mlflow()
     summary = {
         "model": MODEL_NAME,

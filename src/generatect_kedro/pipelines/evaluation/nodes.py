@@ -19,6 +19,7 @@ from generatect_kedro.evaluation.classification_metrics import classification_re
 from generatect_kedro.evaluation.classifier_training import train_classifier
 from generatect_kedro.evaluation.prompt_sets import unseen_combination_prompts
 from generatect_kedro.evaluation.volume_sets import VolumeSet, predict_scores
+from generatect_kedro.io.safetensors_model import cpu_state_dict
 from generatect_kedro.labels import CT_RATE_LABELS
 from generatect_kedro.models.classifier import AbnormalityClassifier, ClassifierConfig
 from generatect_kedro.pipelines.evaluation import measures
@@ -161,7 +162,7 @@ def train_evaluation_classifier(cases: pd.DataFrame, grids_fullres: Mapping[str,
                "loss_last": next((h for h in reversed(history) if h is not None), None),
                "mean_auroc": report.mean_auroc, "mean_average_precision": report.mean_average_precision,
                "evaluable_labels": report.evaluable_labels, "table": report.table.to_dict("records")}
-    weights = {k: v.detach().cpu().contiguous() for k, v in out.model.state_dict().items()}
+    weights = cpu_state_dict(out.model)
     return weights, plain(summary)
 
 

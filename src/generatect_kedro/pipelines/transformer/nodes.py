@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from generatect_kedro import registry
-from generatect_kedro.io.safetensors_model import state_dict_bytes
+from generatect_kedro.io.safetensors_model import cpu_state_dict, state_dict_bytes
 from generatect_kedro.models.maskgit import MaskGIT, MaskGITConfig
 from generatect_kedro.models.maskgit_sampling import MaskGITSamplerConfig
 from generatect_kedro.models.token_critic import TokenCritic, critic_config
@@ -180,10 +180,9 @@ def train_transformer(ctvit_tokens: Mapping[str, Callable[[], Any]], ctvit_token
         task.validate(result.step)
     task.log_previews(result.step)  # no-op when the last step already logged them
 
-    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in maskgit.state_dict().items()}
+    weights = cpu_state_dict(maskgit)
     if critic is not None:
-        weights.update({f"critic.{k}": v.detach().to("cpu", copy=True).contiguous()
-                        for k, v in critic.state_dict().items()})
+        weights.update(cpu_state_dict(critic, prefix="critic."))
     summary = {
         "model": MODEL_NAME,
         "steps": result.step,
