@@ -1,12 +1,18 @@
-"""CT-ViT timings and memory on this machine, and the position-bias memory saved by unique-offset evaluation.
+"""CT-ViT timings, memory and MFU on this machine, and the position-bias memory saved by unique-offset evaluation.
 
 Usage: ``.venv/bin/python benchmarks/bench_ctvit.py [--quick] [--paper-backward] [--threads N] [--device cpu|cuda]
-[--json OUT]``
+[--precision auto|fp32|bf16] [--json OUT]``
 
 Each model case runs in a fresh subprocess so its peak RSS (VmHWM; ru_maxrss would include the parent's) minus
 the RSS after building the model is that case's activation peak ("peak Δ RSS"; on CUDA
 ``torch.cuda.max_memory_allocated`` above the weights). CPU numbers: GPU runs will look very different.
-``run()`` returns the figures as ``benchlib.record`` dicts (``--json OUT`` writes them).
+
+Training cases (forward + backward of the reconstruction + commitment loss; no GAN term, no optimizer step) count
+their FLOPs on the warm-up step (`generatect_kedro.capacity.flops`) and report TFLOP per step, achieved TFLOPS
+and, on a GPU with a known bf16 peak, the MFU (issue #8: >= 40 %). ``--precision auto`` runs the model under bf16
+autocast on CUDA, fp32 on the CPU. With ``--device cuda`` (not ``--quick``) the paper-shape training cases run:
+1 and 4 (conf/base's micro-batch) volumes of 201×128×128. ``run()`` returns the figures as ``benchlib.record``
+dicts (``--json OUT`` writes them).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import sys
 import time
 
 import torch
-from benchlib import add_common_args, peak_rss_mib, per_second, record, write_json
+from benchlib import (MFU_HEADER, add_common_args, add_precision_arg, autocast, describe_mfu, describe_peak,
+                      device_bf16_peak_tflops, mfu_cells, mfu_fields, peak_rss_mib, per_second, record,
+                      resolve_precision, write_json)
 
 from generatect_kedro.models.ctvit import CTViT, CTViTConfig
 from generatect_kedro.models.position_bias import ContinuousPositionBias
@@ -42,6 +50,8 @@ CASES = [
 ]
 PAPER_BACKWARD = ("paper    1×201×128²", PAPER, (1, 201, 128), True, 1)
 PAPER_SHALLOW_BACKWARD = ("paper d1/1 1×201×128²", PAPER_SHALLOW, (1, 201, 128), True, 1)
+PAPER_BATCH_BACKWARD = ("paper    4×201×128² (conf/base batch)", PAPER, (4, 201, 128), True, 1)
+CUDA_MIN_REPEATS = 5  # timed runs per case on a GPU (after the warm-up)
 
 
 def rss_mb() -> float:
@@ -49,8 +59,12 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repeats: int, device: str = "cpu") -> dict:
-    """Child-process body: time forward(+backward) and report the activation peak."""
+def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repeats: int, device: str = "cpu",
+             precision: str = "fp32") -> dict:
+    """Child-process body: time forward(+backward) and report the activation peak; a training case's warm-up
+    step counts its FLOPs."""
+    from generatect_kedro.capacity.flops import count_training_flops
+
     torch.manual_seed(0)
     model = CTViT(CTViTConfig(**overrides)).train(backward).to(device)
     b, slices, size = shape
@@ -60,15 +74,22 @@ def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repea
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
+
+    def loss() -> torch.Tensor:
+        with autocast(device, precision):
+            out = model(volume)
+            return out.recon_loss + out.commit_loss
+
+    flops = count_training_flops(loss, modules=[model]) if backward else None  # the warm-up step
     times = []
-    for _ in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up when repeating
+    warmup = 0 if backward else (1 if repeats > 1 else 0)  # a training case has warmed up while counting
+    for _ in range(repeats + warmup):
         start = time.perf_counter()
         if backward:
-            out = model(volume)
-            (out.recon_loss + out.commit_loss).backward()
+            loss().backward()
             model.zero_grad(set_to_none=True)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision):
                 model(volume)
         if cuda:
             torch.cuda.synchronize()
@@ -76,20 +97,22 @@ def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repea
     peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     peak = peak_gpu if cuda else peak_rss
-    times = times[1:] if repeats > 1 else times
+    times = times[warmup:]
     return {"seconds": statistics.median(times), "peak_delta_mb": peak - base, "peak_rss_mb": peak_rss,
-            "peak_gpu_mb": peak_gpu,
+            "peak_gpu_mb": peak_gpu, "flops": flops,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "tokens": b * math.prod(model.config.token_grid(slices))}
 
 
-def spawn(case: tuple, threads: int, device: str = "cpu") -> dict:
+def spawn(case: tuple, threads: int, device: str = "cpu", precision: str = "fp32") -> dict:
     name, overrides, shape, backward, repeats = case
-    payload = json.dumps([overrides, list(shape), backward, repeats, device])
+    if device.startswith("cuda"):
+        repeats = max(repeats, CUDA_MIN_REPEATS)
+    payload = json.dumps([overrides, list(shape), backward, repeats, device, precision])
     code = (
         "import json,sys,torch; sys.path.insert(0, 'benchmarks'); import bench_ctvit as b; "
-        f"torch.set_num_threads({threads}); o,s,bw,r,d=json.loads(sys.argv[1]); "
-        "print(json.dumps(b.run_case(o, tuple(s), bw, r, d)))"
+        f"torch.set_num_threads({threads}); o,s,bw,r,d,p=json.loads(sys.argv[1]); "
+        "print(json.dumps(b.run_case(o, tuple(s), bw, r, d, p)))"
     )
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
     if proc.returncode:
@@ -116,33 +139,43 @@ def bias_memory(grid: tuple[int, ...], hidden: int, heads: int, measure_dense_be
 
 
 def run(quick: bool = False, device: str = "cpu", threads: int | None = None,
-        paper_backward: bool = False) -> list[dict]:
+        paper_backward: bool = False, precision: str = "auto") -> list[dict]:
     """Print the tables and return one record per case (throughput: input slices per second)."""
     threads = threads or torch.get_num_threads()
+    precision = resolve_precision(precision, device)
+    peak = device_bf16_peak_tflops(device)
     records = []
     cases = [c for c in CASES if not (quick and c[1] is PAPER)]
     if paper_backward and not quick:
         cases += [PAPER_SHALLOW_BACKWARD, PAPER_BACKWARD]
-    print(f"torch {torch.__version__}, device {device}, {threads} CPU threads, float32\n")
-    print(f"{'CT-ViT case':32s} {'pass':8s} {'params':>8s} {'tokens':>7s} {'time s':>8s} {'peak Δ RSS':>11s}")
+    elif device.startswith("cuda") and not quick:  # the paper shapes whose MFU issue #8 is about
+        cases += [PAPER_BACKWARD]
+    if device.startswith("cuda") and not quick:
+        cases += [PAPER_BATCH_BACKWARD]
+    print(f"torch {torch.__version__}, device {device}, {threads} CPU threads, {precision}, "
+          f"{describe_peak(device, peak)}\n")
+    print(f"{'CT-ViT case':38s} {'pass':8s} {'params':>8s} {'tokens':>7s} {'time s':>8s} {'peak Δ RSS':>11s} "
+          f"{MFU_HEADER}")
     for case in cases:
-        res = spawn(case, threads, device)
+        res = spawn(case, threads, device, precision)
         kind = "fwd+bwd" if case[3] else "fwd"
         name = " ".join(case[0].split())
         stage = name if "(" in name else f"{name} {kind}"
         b, slices, size = case[2]
         shape = f"{b}×1×{slices}×{size}×{size}"
         if "error" in res:
-            print(f"{case[0]:32s} {kind:8s} failed: {res['error']}")
+            print(f"{case[0]:38s} {kind:8s} failed: {res['error']}")
             records.append(record("ctvit", stage, shape, error=res["error"]))
             continue
-        print(f"{case[0]:32s} {kind:8s} {res['params_m']:7.2f}M {res['tokens']:7d} {res['seconds']:8.3f} "
-              f"{res['peak_delta_mb']:8.0f} MB")
+        mfu = mfu_fields(res["flops"], res["seconds"], peak) if res["flops"] else {}
+        print(f"{case[0]:38s} {kind:8s} {res['params_m']:7.2f}M {res['tokens']:7d} {res['seconds']:8.3f} "
+              f"{res['peak_delta_mb']:8.0f} MB {mfu_cells(mfu)}")
         records.append(record(
             "ctvit", stage, shape, res["seconds"], per_second(b * slices, res["seconds"]), "slices/s",
             res["peak_rss_mb"], res["peak_gpu_mb"], notes=f"{res['params_m']:.2f}M params, {res['tokens']} tokens, "
-            f"peak Δ {res['peak_delta_mb']:.0f} MiB", params_m=res["params_m"], tokens=res["tokens"],
-            peak_delta_mib=res["peak_delta_mb"], threads=threads, device=device))
+            f"peak Δ {res['peak_delta_mb']:.0f} MiB, {precision}{describe_mfu(mfu)}", params_m=res["params_m"],
+            tokens=res["tokens"], peak_delta_mib=res["peak_delta_mb"], threads=threads, device=device,
+            precision=precision, **mfu))
 
     print("\nPosition bias at 201×128×128 (MLP activations = sum of layer outputs; dense figures analytic)")
     print(f"{'grid':10s} {'N':>5s} {'offsets':>8s} {'MLP unique':>11s} {'MLP N² pairs':>13s} {'bias out':>10s} "
@@ -168,11 +201,13 @@ def run(quick: bool = False, device: str = "cpu", threads: int | None = None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the paper-scale cases")
-    parser.add_argument("--paper-backward", action="store_true", help="also time forward+backward at 1×201×128²")
+    parser.add_argument("--paper-backward", action="store_true",
+                        help="also time forward+backward at 1×201×128² (always on with --device cuda)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     add_common_args(parser)
+    add_precision_arg(parser)
     args = parser.parse_args()
-    write_json(args.json, run(args.quick, args.device, args.threads, args.paper_backward))
+    write_json(args.json, run(args.quick, args.device, args.threads, args.paper_backward, args.precision))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_generation.py                 # demo-sized random models (17x64x64)
     GENERATECT_BENCH_LARGE=1 .venv/bin/python benchmarks/bench_generation.py   # + 33x128x128 (minutes on CPU)
-    .venv/bin/python benchmarks/bench_generation.py [--quick] [--large] [--device cpu|cuda] [--json OUT]
+    .venv/bin/python benchmarks/bench_generation.py [--quick] [--large] [--compile] [--device cpu|cuda] [--json OUT]
 
 Models are random (timing does not depend on training) and registered in a throwaway SQLite registry, so the
 whole path, registry loading included, is what runs. Peak memory is the process's max RSS (Linux VmHWM);
@@ -41,7 +41,9 @@ def configure(image: int, patch: int, max_seq_len: int, unet_dim: int, steps: in
     fx.UNET.update(dim=unet_dim, dim_mults=[1, 2, 4], max_text_len=64, attn_pool_max_seq_len=64)
 
 
-def bench(name: str, spec: tuple, volumes: int = 2, device: str | None = None) -> list[dict]:
+def bench(name: str, spec: tuple, volumes: int = 2, device: str | None = None, compile_unets: bool = False
+          ) -> list[dict]:
+    """Time ``volumes`` volumes; with ``compile_unets`` first one warm-up volume (the compilation), timed apart."""
     device = device or os.environ.get("DEVICE", "cpu")
     image, patch, slices, max_seq_len, unet_dim, steps = spec
     configure(image, patch, max_seq_len, unet_dim, steps)
@@ -52,9 +54,16 @@ def bench(name: str, spec: tuple, volumes: int = 2, device: str | None = None) -
         models = load_models(ModelRequest(), text_encoder={"device": "cpu"}, device=device)
         settings = SamplerSettings.from_params({"transformer": {"steps": 18},
                                                 "superres": {"sampler": "dpm++2m", "steps": steps},
-                                                "slice_batch_size": slices}, models)
+                                                "slice_batch_size": slices, "compile": compile_unets}, models)
         sampler = VolumeSampler(models, settings, geometry_from_params({"spacing_mm": [0.75, 0.75, 1.5]}))
         items = [GenerationItem(f"b{i}", "65 years old male: Cardiomegaly.", i, slices) for i in range(volumes)]
+        warmup = None
+        if compile_unets:
+            tic = time.perf_counter()
+            list(sampler.generate([GenerationItem("warm-up", "65 years old male: Cardiomegaly.", 99, slices)]))
+            warmup = time.perf_counter() - tic
+            sampler.stage_seconds.clear()
+            name = f"{name}, U-Nets compiled"
         tic = time.perf_counter()
         shapes = [v.shape for _, v in sampler.generate(items)]
         seconds = (time.perf_counter() - tic) / volumes
@@ -62,13 +71,15 @@ def bench(name: str, spec: tuple, volumes: int = 2, device: str | None = None) -
     gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     gpu = f", GPU peak {gpu_mib:.0f} MiB" if gpu_mib is not None else ""
     stages = ", ".join(f"{stage} {total / volumes:.2f}" for stage, total in sampler.stage_seconds.items())
+    first = f"; the first volume, compiling, took {warmup:.1f} s" if warmup is not None else ""
     print(f"{name}: {seconds:.2f} s/volume (output {shapes[0]}; by stage, s/volume: {stages}), "
-          f"peak RSS {peak:.0f} MiB{gpu}")
+          f"peak RSS {peak:.0f} MiB{gpu}{first}")
     shape = "×".join(map(str, shapes[0]))
-    common = dict(device=device, volumes=volumes, threads=torch.get_num_threads())
+    common = dict(device=device, volumes=volumes, threads=torch.get_num_threads(), compiled=compile_unets,
+                  first_volume_seconds=warmup)
     records = [record("generation", f"{name}: whole volume", shape, seconds, per_second(1, seconds), "volumes/s",
                       peak, gpu_mib, notes=f"mean of {volumes} volume(s), registry loading excluded; random "
-                      f"tiny models, superres dpm++2m {steps} steps", **common)]
+                      f"tiny models, superres dpm++2m {steps} steps{first}", **common)]
     for stage, total in sampler.stage_seconds.items():
         records.append(record("generation", f"{name}: {stage}", shape, total / volumes,
                               per_second(volumes, total), "volumes/s",
@@ -77,18 +88,22 @@ def bench(name: str, spec: tuple, volumes: int = 2, device: str | None = None) -
     return records
 
 
-def run(quick: bool = False, device: str | None = None, large: bool | None = None) -> list[dict]:
-    """Print one line per shape and return its records (whole volume, then each stage)."""
+def run(quick: bool = False, device: str | None = None, large: bool | None = None,
+        compile_unets: bool = False) -> list[dict]:
+    """Print one line per shape and return its records (whole volume, then each stage); with ``compile_unets``
+    each shape again with ``generation.sampler.compile`` (U-Nets through torch.compile)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if large is None:
         large = os.environ.get("GENERATECT_BENCH_LARGE") == "1"
-    records = bench("demo 17x32x32 -> 17x64x64", SHAPES["demo 17x32x32 -> 17x64x64"], volumes=1 if quick else 2,
-                    device=device)
+    shapes = [("demo 17x32x32 -> 17x64x64", 1 if quick else 2)]
     if large and not quick:
-        records += bench("large 33x64x64 -> 33x128x128", SHAPES["large 33x64x64 -> 33x128x128"], volumes=1,
-                         device=device)
+        shapes.append(("large 33x64x64 -> 33x128x128", 1))
     else:
         print("(set GENERATECT_BENCH_LARGE=1 for the larger shape)")
+    records = []
+    for name, volumes in shapes:
+        for compiled in (False, True) if compile_unets else (False,):
+            records += bench(name, SHAPES[name], volumes=volumes, device=device, compile_unets=compiled)
     return records
 
 
@@ -97,9 +112,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one volume of the demo shape")
     parser.add_argument("--large", action="store_true", default=None,
                         help="also the 33x128x128 shape (same as GENERATECT_BENCH_LARGE=1)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each shape with the U-Nets compiled (generation.sampler.compile: true)")
     add_common_args(parser)
     args = parser.parse_args()
-    write_json(args.json, run(args.quick, args.device, args.large))
+    write_json(args.json, run(args.quick, args.device, args.large, args.compile))
 
 
 if __name__ == "__main__":

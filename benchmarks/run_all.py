@@ -8,7 +8,7 @@
 
 Each benchmark runs as ``python benchmarks/bench_NAME.py --json FILE --device D [--quick ...]`` in its own
 process (isolated peak-RSS figures; each script also isolates its own cases; ``QUICK_ARGS`` adds a few options
-to ``--quick``). ``--threads N`` sets OMP_NUM_THREADS for every benchmark process: on a CPU that other jobs
+to ``--quick``, ``CUDA_ARGS`` a few to a full run on a GPU). ``--threads N`` sets OMP_NUM_THREADS for every benchmark process: on a CPU that other jobs
 are using, 2 torch threads on 2 cores wait for each other at every operation and small-model timings grow
 tenfold or more, so 1 thread gives the steadier figures there. A benchmark that exits non-zero, times
 out, writes no JSON, or is not found is recorded as failed with its error, and the others still run; the exit
@@ -42,6 +42,8 @@ RECORD_KEYS = ("benchmark", "stage", "shape", "seconds", "throughput", "throughp
 SCHEMA_VERSION = 1
 # extra arguments with --quick, so a quick run takes minutes on 2 shared CPU cores (sizes stay each script's --quick)
 QUICK_ARGS = {"superres": ["--repeats", "1"]}
+# extra arguments on a GPU: what only a GPU can answer (does torch.compile pay for generation?)
+CUDA_ARGS = {"generation": ["--compile", "--large"]}
 
 
 def discover(bench_dir: Path = BENCH_DIR) -> dict[str, Path]:
@@ -72,6 +74,7 @@ def run_one(name: str, script: Path, quick: bool, device: str, timeout: float | 
         out_json = Path(scratch) / "records.json"
         cmd = [sys.executable, str(script), "--json", str(out_json), "--device", device]
         cmd += ["--quick", *QUICK_ARGS.get(name, [])] if quick else []
+        cmd += CUDA_ARGS.get(name, []) if str(device).startswith("cuda") and not quick else []
         status: dict[str, Any] = {"command": shlex.join(["python", _display(script), *cmd[4:]])}
         start = time.perf_counter()
         try:

@@ -230,3 +230,21 @@ def test_register_generator_command_and_node(served):
     assert "no-such-alias" in missing["skipped"]  # nothing to serve yet: reported, the run goes on
     bad = CliRunner().invoke(register_generator_command, ["--transformer", "99", "--project-dir", str(root)])
     assert bad.exit_code == 1 and "has no version 99" in bad.output and "Traceback" not in bad.output
+
+
+def test_pins_from_before_the_thresholding_and_compile_keys_still_merge():
+    """A generator registered before the sampler record had these keys keeps working: absent keys fall back to
+    the registered cascade (via SamplerSettings), request overrides still apply, unknown keys are refused."""
+    from generatect_kedro.generation.models import GenerationError
+    from generatect_kedro.serving import _merge_sampler
+
+    old_pin = {"transformer": {"steps": 3}, "batch_size": 4, "slice_batch_size": 8, "precision": "fp32",
+               "superres": [{"stage": 1, "sampler": "dpm++2m", "steps": 2, "cond_scale": 1.0,
+                             "lowres_noise_level": 0.1}]}
+    merged = _merge_sampler(old_pin, {"superres": {"sampler": "dpm++2m-sde", "dynamic_thresholding": False},
+                                      "compile": False})
+    assert merged["superres"] == [{"sampler": "dpm++2m-sde", "steps": 2, "cond_scale": 1.0, "lowres_noise_level": 0.1,
+                                   "dynamic_thresholding": False}]
+    assert merged["compile"] is False and _merge_sampler(old_pin, None)["compile"] is False
+    with pytest.raises(GenerationError, match="unknown key"):
+        _merge_sampler(old_pin, {"compiled": True})

@@ -226,10 +226,10 @@ def _merge_sampler(base: Mapping[str, Any], overrides: Mapping[str, Any] | None)
     from generatect_kedro.generation.sampler import _STAGE_KEYS
 
     o = dict(overrides or {})
-    unknown = sorted(set(o) - {"transformer", "superres", "batch_size", "slice_batch_size", "precision"})
+    unknown = sorted(set(o) - {"transformer", "superres", "batch_size", "slice_batch_size", "precision", "compile"})
     if unknown:
         raise GenerationError(f"sampler: unknown key(s) {', '.join(unknown)}")
-    stages = [{k: stage[k] for k in _STAGE_KEYS} for stage in base["superres"]]
+    stages = [{k: stage[k] for k in _STAGE_KEYS if k in stage} for stage in base["superres"]]  # older pins: fewer
     extra = o.get("superres") or {}
     per_stage = list(extra) if isinstance(extra, Sequence) else [extra] * len(stages)
     if len(per_stage) > len(stages):
@@ -239,7 +239,8 @@ def _merge_sampler(base: Mapping[str, Any], overrides: Mapping[str, Any] | None)
     return {"transformer": {**dict(base["transformer"]), **dict(o.get("transformer") or {})}, "superres": stages,
             "batch_size": o.get("batch_size", base["batch_size"]),
             "slice_batch_size": o.get("slice_batch_size", base["slice_batch_size"]),
-            "precision": o.get("precision", base.get("precision", "auto"))}
+            "precision": o.get("precision", base.get("precision", "auto")),
+            "compile": o.get("compile", base.get("compile", False))}
 
 
 def _rows(model_input: Any) -> list[dict[str, Any]]:

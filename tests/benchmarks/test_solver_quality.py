@@ -82,3 +82,27 @@ def test_wasserstein1() -> None:
     assert bench.wasserstein1(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 2.0])) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         bench.wasserstein1(a, a[:3])
+
+
+def test_parse_settings_names_known_samplers() -> None:
+    assert bench.parse_settings("ancestral:25,50; dpm++2m-sde:8") == [
+        ("ancestral", 25), ("ancestral", 50), ("dpm++2m-sde", 8)]
+    assert bench.parse_settings("") == []
+    for bad in ("euler:10", "ancestral", "dpm++2m-sde:x"):
+        with pytest.raises(ValueError):
+            bench.parse_settings(bad)
+
+
+def test_fastest_keeping_quality_compares_samplers_by_time() -> None:
+    def row(sampler: str, steps: int, seconds: float, psnr: float, hf: float) -> dict:
+        return {"sampler": sampler, "steps": steps, "seconds": seconds, **_row(psnr, hf)}
+
+    results = [row("ancestral", 25, 3.0, 30.3, 0.38), row("ancestral", 100, 12.0, 30.1, 0.47),
+               row("dpm++2m-sde", 8, 1.0, 30.1, 0.44), row("dpm++2m-sde", 12, 1.4, 29.9, 0.52),
+               row("dpm++2m-sde", 25, 3.0, 29.9, 0.51), row("dpm++2m", 12, 1.4, 29.5, 0.70)]
+    best = bench.fastest_keeping_quality(results, REF)
+    assert (best["sampler"], best["steps"]) == ("dpm++2m-sde", 12)  # sde 8 is −12 % HF; ancestral 100 is slower
+    results[4] = row("dpm++2m-sde", 25, 3.0, 29.9, 0.60)  # a larger count fails: sde is out, ancestral 100 wins
+    best = bench.fastest_keeping_quality(results, REF)
+    assert (best["sampler"], best["steps"]) == ("ancestral", 100)
+    assert bench.fastest_keeping_quality(results[-1:], REF) is None

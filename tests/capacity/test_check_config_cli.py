@@ -32,13 +32,33 @@ def test_every_shipped_env_fits_its_gpu(env):
     assert "Target GPU:" in result.output and "Parameters" in result.output
     for stage in ("ctvit", "transformer", "superres stage 1", "transformer sampling", "CT-ViT decode"):
         assert stage in result.output
+    assert "TFLOP per optimizer step per GPU" in result.output and "compute per volume:" in result.output
     if env in GPU_GIB:  # paper scale: 201x512x512 through the 3SCM cascade 128 -> 256 -> 512
         assert f"{GPU_GIB[env]} GiB x 8 GPU(s)" in result.output
+        assert re.search(r"compute per volume: [\d,.]+ TFLOP; at the GPU's bf16 peak \(\d+ TFLOPS\) >= [\d.]+ m?s; "
+                         r"at 40% of peak [\d.]+ m?s", result.output)
         assert "superres stage 2 (256->512)" in result.output and "of 512^2" in result.output
         assert re.search(r"text encoder +external", result.output)  # T5 v1.1 base: a folder on the user's machine
     else:  # the demo's MiniLM is built from its config.json on meta; demo generation runs on the CPU
         assert re.search(r"text encoder +\d+\.\d+ M +bert 384-d \(demo:minilm\)", result.output)
         assert "Generation, GiB on one CPU" in result.output
+
+
+def test_bf16_peak_override_rescales_the_time_floors():
+    """An H100 SXM (989.5 TFLOPS dense bf16) instead of the configured A100 (312): same FLOPs, shorter floors."""
+    a100, h100 = check("--env", "gpu_80gb"), check("--env", "gpu_80gb", "--bf16-tflops", "989.5")
+    assert a100.exit_code == 0 and h100.exit_code == 0, h100.output
+    assert "dense bf16 peak 989.5 TFLOPS" in h100.output
+
+    def volume(output: str) -> tuple[float, float]:
+        match = re.search(r"compute per volume: ([\d,.]+) TFLOP; at the GPU's bf16 peak \([\d.]+ TFLOPS\) >= "
+                          r"([\d.]+) s", output)
+        return float(match.group(1).replace(",", "")), float(match.group(2))
+
+    (tflop_a100, floor_a100), (tflop_h100, floor_h100) = volume(a100.output), volume(h100.output)
+    assert tflop_a100 == tflop_h100
+    assert floor_h100 == pytest.approx(tflop_h100 / 989.5, rel=0.01)
+    assert floor_a100 == pytest.approx(tflop_a100 / 312, rel=0.01)
 
 
 def test_base_training_does_not_fit_8_gib():

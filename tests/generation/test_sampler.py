@@ -75,16 +75,24 @@ def test_geometry_from_parameters_and_sampler_overrides(models):
     loaded, _, _ = models
     geometry = geometry_from_params({"spacing_mm": [1.0, 1.0, 1.5]})
     settings = SamplerSettings.from_params({"transformer": {"steps": 2, "cond_scale": None},
-                                            "superres": [{"sampler": "ancestral", "steps": 1}]}, loaded)
+                                            "superres": [{"sampler": "ancestral", "steps": 1,
+                                                          "dynamic_thresholding": False}]}, loaded)
     assert settings.transformer.steps == 2 and settings.transformer.cond_scale == 3.0  # null keeps registered
+    registered = loaded.configs["superres"]["stages"][0]
     assert settings.stages[0] == {"stage": 1, "sampler": "ancestral", "steps": 1, "cond_scale": 1.0,
-                                  "lowres_noise_level": 0.1}
-    volume = dict(VolumeSampler(loaded, settings, geometry).generate([GenerationItem("x", CARDIO, 0, 3)]))
+                                  "lowres_noise_level": 0.1, "dynamic_thresholding": False,
+                                  "threshold_percentile": registered.get("threshold_percentile", 0.95)}
+    volume_sampler = VolumeSampler(loaded, settings, geometry)
+    (stage,) = volume_sampler.cascade.stages
+    assert (stage.sampler, stage.steps, stage.dynamic_thresholding) == ("ancestral", 1, False)  # reaches the cascade
+    volume = dict(volume_sampler.generate([GenerationItem("x", CARDIO, 0, 3)]))
     (only,) = volume.values()
     assert only.spacing == pytest.approx((1.0, 1.0, 1.5)) and only.shape == (32, 32, 3)
     assert geometry.record() == {"spacing_mm": [1.0, 1.0, 1.5], "orientation": "RAS", "source": "parameters"}
     with pytest.raises(GenerationError, match="unknown key"):
         SamplerSettings.from_params({"superres": {"stepz": 3}}, loaded)
+    with pytest.raises(GenerationError, match="dynamic_thresholding must be true or false"):
+        SamplerSettings.from_params({"superres": {"dynamic_thresholding": "no"}}, loaded)
 
 
 @pytest.mark.parametrize("slices, message", [(4, r"not 1 \+ 2·k"), (0, r"not 1 \+ 2·k"),
@@ -167,3 +175,20 @@ def test_bf16_volume_is_close_to_fp32(models):
         full, half = (runs[p][0][key].data.astype(np.float64) for p in ("fp32", "bf16"))
         assert not np.array_equal(full, half)  # bf16 really ran
         assert np.abs(full - half).mean() < 20 and np.corrcoef(full.ravel(), half.ravel())[0, 1] > 0.999
+
+
+def test_compile_knob_wraps_only_the_unets_and_is_recorded(models):
+    """``generation.sampler.compile`` puts the cascade's U-Nets (not the registered modules) behind torch.compile;
+    nothing is compiled until the first call, so this stays fast."""
+    loaded, _, _ = models
+    geometry = geometry_from_params({"spacing_mm": [1.0, 1.0, 1.5]})
+    eager = SamplerSettings.from_params({}, loaded)
+    compiled = SamplerSettings.from_params({"compile": True}, loaded)
+    assert eager.record()["compile"] is False and compiled.record()["compile"] is True
+    (stage,) = VolumeSampler(loaded, compiled, geometry).cascade.stages
+    assert isinstance(stage.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert stage.unet._orig_mod is loaded.cascade.stages[0].unet  # the registered weights, shared
+    (plain,) = VolumeSampler(loaded, eager, geometry).cascade.stages
+    assert plain.unet is loaded.cascade.stages[0].unet
+    with pytest.raises(GenerationError, match="compile must be true or false"):
+        SamplerSettings.from_params({"compile": "yes"}, loaded)

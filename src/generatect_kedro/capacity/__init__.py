@@ -4,7 +4,9 @@
 the pipelines' own parameter functions on ``torch.device("meta")`` (`meta_models`), measures activations and
 generation working sets by running the real forward code on meta tensors (`measure`), adds weights, gradients,
 optimizer state and ZeRO partitioning (`memory`) and compares each stage with the ``hardware`` block
-(`report`). Used by `generatect check-config`.
+(`report`). It also counts the FLOPs of every training step and of one generated volume (`flops`, `compute`)
+and, with the GPU's bf16 peak, the time they take at it. Used by `generatect check-config`; the benchmarks count
+their steps' FLOPs with `flops` for MFU.
 """
 
 from generatect_kedro.capacity.memory import GIB, Hardware, MemoryEstimate, ZeroSettings

@@ -24,7 +24,8 @@ in seconds on a CPU, and cannot drift from the models.
   - ``scaled_dot_product_attention`` runs as an autograd function that saves what the GPU's flash /
     memory-efficient kernels save (q, k, v, the output, the fp32 log-sum-exp and the mask), not the N×N
     attention matrix of the math path — unless the math backend is forced (``sdpa_kernel(MATH)``, as the
-    discriminator's double backward requires), where the real math path runs and is counted;
+    discriminator's double backward requires), where the real math path runs and is counted, or the emulation
+    is built with ``fused_attention=False`` (FLOP counting, `capacity.flops`: the math path's products are seen);
   - ``torch.is_autocast_enabled("meta")`` / ``torch.get_autocast_dtype("meta")`` answer as CUDA would (the
     models build their additive masks in the dtype SDPA computes in).
 
@@ -110,9 +111,10 @@ def _fused_backend_enabled() -> bool:
 class GpuEmulation(TorchFunctionMode):
     """CUDA bf16 autocast (when ``dtype`` is bf16) and fused attention, on meta tensors (see the module doc)."""
 
-    def __init__(self, dtype: torch.dtype | None = torch.bfloat16) -> None:
+    def __init__(self, dtype: torch.dtype | None = torch.bfloat16, fused_attention: bool = True) -> None:
         super().__init__()
         self.dtype = dtype  # None: fp32, no autocast
+        self.fused_attention = fused_attention  # False: SDPA runs its math path (FLOP counting sees its products)
         self._cast_cache: dict[int, Tensor] = {}
         self._patched: list[tuple[Any, str, Any]] = []
 
@@ -168,7 +170,7 @@ class GpuEmulation(TorchFunctionMode):
         bound = dict(zip(names, args)) | kwargs
         if self.dtype is not None:
             bound = {k: self._cast(v, self.dtype) for k, v in bound.items()}
-        if not _fused_backend_enabled() or bound.get("query").device.type != "meta":
+        if not (self.fused_attention and _fused_backend_enabled()) or bound.get("query").device.type != "meta":
             return func(**bound)
         mask = bound.get("attn_mask")
         if mask is not None and mask.dtype == torch.bool:  # kernels take an additive mask of the compute dtype

@@ -23,7 +23,7 @@ discriminator; MaskGIT and its critic) are resident together and run their losse
 Generation: every model's weights as stored (fp32; generation casts per call under autocast) plus the text
 encoder's, then the largest working set of one step (`capacity.measure.measure_inference`) with the volume
 buffers beside it. Every estimate adds a fixed CUDA reserve (context, cuBLAS/cuDNN workspaces) from the
-``hardware`` block.
+``hardware`` block, which also gives the GPU's dense bf16 peak for the compute lines (`capacity.compute`).
 """
 
 from __future__ import annotations
@@ -46,14 +46,18 @@ class Hardware:
     gpus: int = 1  # GPUs per node = the data-parallel world size a launcher starts
     headroom: float = 0.9  # fraction of the memory an estimate may use (allocator fragmentation, spikes)
     reserved_gb: float = 1.0  # CUDA context and library workspaces, added to every estimate
+    bf16_tflops: float | None = None  # dense bf16 tensor peak (no sparsity), 10^12 FLOP/s; None: no time figures
 
     def __post_init__(self) -> None:
         if self.gpu_memory_gb <= 0 or self.gpus < 1 or not 0 < self.headroom <= 1 or self.reserved_gb < 0:
             raise ValueError(f"hardware: gpu_memory_gb > 0, gpus >= 1, 0 < headroom <= 1 and reserved_gb >= 0 "
                              f"are required, got {self}")
+        if self.bf16_tflops is not None and self.bf16_tflops <= 0:
+            raise ValueError(f"hardware: bf16_tflops must be > 0 (or absent), got {self.bf16_tflops}")
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None, gpu_memory_gb: float | None = None) -> Hardware:
+    def from_params(cls, params: Mapping[str, Any] | None, gpu_memory_gb: float | None = None,
+                    bf16_tflops: float | None = None) -> Hardware:
         values = dict(params or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
@@ -63,10 +67,14 @@ class Hardware:
             values["gpu_name"] = (f"{values.get('gpu_name', cls.gpu_name)}, checked as a {gpu_memory_gb:g} GiB GPU "
                                   "(--gpu-memory-gb)")
             values["gpu_memory_gb"] = gpu_memory_gb
+        if bf16_tflops is not None:
+            values["bf16_tflops"] = bf16_tflops
+        peak = values.get("bf16_tflops")
         return cls(gpu_name=str(values.get("gpu_name", cls.gpu_name)),
                    gpu_memory_gb=float(values.get("gpu_memory_gb", cls.gpu_memory_gb)),
                    gpus=int(values.get("gpus", cls.gpus)), headroom=float(values.get("headroom", cls.headroom)),
-                   reserved_gb=float(values.get("reserved_gb", cls.reserved_gb)))
+                   reserved_gb=float(values.get("reserved_gb", cls.reserved_gb)),
+                   bf16_tflops=float(peak) if peak is not None else None)
 
     @property
     def limit_bytes(self) -> int:
@@ -77,7 +85,8 @@ class Hardware:
         return int(self.reserved_gb * GIB)
 
     def describe(self) -> str:
-        return (f"{self.gpu_name}: {self.gpu_memory_gb:g} GiB x {self.gpus} GPU(s), estimates may use "
+        peak = f", dense bf16 peak {self.bf16_tflops:g} TFLOPS" if self.bf16_tflops is not None else ""
+        return (f"{self.gpu_name}: {self.gpu_memory_gb:g} GiB x {self.gpus} GPU(s){peak}, estimates may use "
                 f"{self.headroom:.0%} = {self.limit_bytes / GIB:.1f} GiB per GPU")
 
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from generatect_kedro.training.config import TrainerConfig
 
-__all__ = ["GenerationPlan", "ModelPart", "ProjectShapes", "TextEncoderSize", "TrainingStage", "Workload",
-           "build_generation", "build_training_stages", "project_shapes", "text_encoder_size"]
+__all__ = ["GenerationPlan", "ModelPart", "ProjectShapes", "Repetition", "TextEncoderSize", "TrainingStage",
+           "Workload", "build_generation", "build_training_stages", "project_shapes", "text_encoder_size"]
 
 META = torch.device("meta")
 
@@ -305,16 +305,32 @@ def text_encoder_size(settings: Mapping[str, Any], gpu_target: bool) -> TextEnco
 
 # ---- generation -----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Repetition:
+    """How one volume repeats a workload's call, for FLOPs per volume (`capacity.compute`).
+
+    ``sampling``: the transformer; ``run(steps)`` samples ``per_call`` items together, the context once per batch.
+    ``slices``: a U-Net call on ``per_call`` of a volume's ``slices`` slices, ``steps`` times per slice.
+    ``once``: one call per volume (the CT-ViT decode).
+    """
+
+    kind: str = "once"  # sampling | slices | once
+    steps: int = 1
+    per_call: int = 1
+    slices: int = 1
+
+
 @dataclass
 class Workload:
     """One generation step's working set: a no-grad call on meta plus buffers it keeps beside it."""
 
     name: str
-    run: Callable[[], Any]
+    run: Callable[..., Any]
     modules: list[nn.Module]
     extra_bytes: int = 0
     signature: str = ""  # everything ``run`` depends on
     advice: str = ""
+    repetition: Repetition = field(default_factory=Repetition)
 
 
 @dataclass
@@ -373,10 +389,10 @@ def build_generation(params: Mapping[str, Any]) -> GenerationPlan:
     token_grid = ctvit_cfg.token_grid(slices)
     batch = 1 if critic_cfg is not None else settings.batch_size  # the sampler samples one by one with a critic
 
-    def tokens() -> Tensor:
+    def tokens(steps: int = 2) -> Tensor:  # memory: step 2 re-masks, every buffer of a step is alive
         text = _meta_batch(batch, text_len, shapes.text_dim)
         mask = torch.ones(batch, text_len, dtype=torch.bool, device=META)
-        config = replace(settings.transformer, steps=2)  # step 2 re-masks: every buffer of a step is alive
+        config = replace(settings.transformer, steps=steps)
         return sample_tokens(transformer, text, mask, token_grid, config=config,
                              critic=getattr(transformer, "critic", None))
 
@@ -387,7 +403,8 @@ def build_generation(params: Mapping[str, Any]) -> GenerationPlan:
                           "with it: logits over the whole codebook for every token)")
     workloads = [Workload(f"transformer sampling (batch {batch})", tokens, [transformer],
                           signature=repr(("tokens", maskgit_cfg, critic_cfg, batch, token_grid, text_len,
-                                          shapes.text_dim, settings.transformer)), advice=transformer_advice),
+                                          shapes.text_dim, settings.transformer)), advice=transformer_advice,
+                          repetition=Repetition("sampling", steps=settings.transformer.steps, per_call=batch)),
                  Workload("CT-ViT decode", decode, [ctvit], signature=repr(("decode", ctvit_cfg, token_grid)),
                           advice="the CT-ViT decodes one volume at a time: only a smaller model or grid helps")]
     for stage, unet, sampling in zip(stages, unets, settings.stages):
@@ -412,7 +429,8 @@ def build_generation(params: Mapping[str, Any]) -> GenerationPlan:
             extra_bytes=volumes, signature=repr(("upsample", stage.unet, g, count, text_len, shapes.text_dim,
                                                  sampling["cond_scale"])),
             advice=f"lower generation.sampler.slice_batch_size (now {settings.slice_batch_size})"
-                   + ("" if precision == "bf16" else " or set generation.sampler.precision: bf16")))
+                   + ("" if precision == "bf16" else " or set generation.sampler.precision: bf16"),
+            repetition=Repetition("slices", steps=int(sampling["steps"]), per_call=count, slices=slices)))
     modules = {"CT-ViT": ctvit, "transformer": transformer, **{f"U-Net {i + 1}": u for i, u in enumerate(unets)}}
     return GenerationPlan(modules=modules, text_encoder=text_encoder_size(encoder_settings, on_gpu),
                           autocast=autocast, on_gpu=on_gpu, precision=precision, batch_size=batch,

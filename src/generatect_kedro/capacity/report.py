@@ -1,14 +1,15 @@
 """`check_config`: load a Kedro environment, size every stage on meta, validate DeepSpeed, compare with the GPU.
 
 Why one report object: the CLI prints it, tests read its numbers, and a failing stage carries a message that
-names the stage, the estimate, the limit and the knob to turn.
+names the stage, the estimate, the limit and the knob to turn. Compute (FLOPs per training step and per
+generated volume, `capacity.compute`) is reported beside memory; it never fails a check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from unittest import mock
 
 import torch
 
+from generatect_kedro.capacity.compute import (TrainingCompute, VolumeCompute, WorkloadCompute, generation_compute,
+                                               training_compute)
 from generatect_kedro.capacity.memory import GIB, Hardware, MemoryEstimate, ZeroSettings, training_static_bytes
 
 __all__ = ["CapacityReport", "StageResult", "check_config", "load_parameters", "summary"]
@@ -44,6 +47,8 @@ class StageResult:
     estimate: MemoryEstimate
     on_gpu: bool
     advice: str = ""
+    compute: TrainingCompute | WorkloadCompute | str | None = None  # str: why it was not counted
+    bf16: bool = False  # runs under bf16 autocast: the GPU's bf16 peak is its compute ceiling
 
 
 @dataclass
@@ -56,6 +61,8 @@ class CapacityReport:
     stages: list[StageResult]
     generation_setup: str = ""
     generation_on_gpu: bool = True
+    generation_compute: VolumeCompute | str | None = None  # str: why it was not counted
+    generation_bf16: bool = False
     deepspeed: list[str] = field(default_factory=list)  # one line per validated config
     problems: list[str] = field(default_factory=list)  # config errors found on the way
 
@@ -69,6 +76,13 @@ class CapacityReport:
                                 f"the {limit / GIB:.1f} GiB limit ({hw.gpu_memory_gb:g} GiB x headroom "
                                 f"{hw.headroom:g}); {stage.advice}")
         return messages + self.problems
+
+    def _compute_lines(self, stage: StageResult) -> list[str]:
+        if isinstance(stage.compute, TrainingCompute):
+            return stage.compute.describe(self.hardware.bf16_tflops, stage.on_gpu and stage.bf16)
+        if isinstance(stage.compute, WorkloadCompute):
+            return [stage.compute.describe()]
+        return [f"compute: not counted ({stage.compute})"] if stage.compute else []
 
     def render(self) -> str:
         hw = self.hardware
@@ -94,6 +108,12 @@ class CapacityReport:
                     + f"{limit}  {verdict}")
                 if stage.setup:
                     lines.append(f"    {stage.setup}")
+                lines += [f"    {line}" for line in self._compute_lines(stage)]
+            if kind == "generation" and isinstance(self.generation_compute, VolumeCompute):
+                gpu_bf16 = self.generation_on_gpu and self.generation_bf16
+                lines.append(f"  {self.generation_compute.describe(hw.bf16_tflops, gpu_bf16)}")
+            elif kind == "generation" and self.generation_compute:
+                lines.append(f"  compute per volume: not counted ({self.generation_compute})")
         if self.deepspeed:
             lines += ["", "DeepSpeed configs validated:"] + [f"  {line}" for line in self.deepspeed]
         return "\n".join(lines)
@@ -200,11 +220,19 @@ def _training(stage: Any, hardware: Hardware, project_dir: Path, seen: dict, val
     estimate = MemoryEstimate(weights=weights, gradients=gradients, optimizer=optimizer, extra=extra,
                               activations=activations, optimizer_step=optimizer_step,
                               reserved=hardware.reserved_bytes if on_gpu else 0)
-    return StageResult("training", stage.name, setup, estimate, on_gpu,
-                       _training_advice(stage, estimate, zero, label))
+    return StageResult("training", stage.name, setup, estimate, on_gpu, _training_advice(stage, estimate, zero, label),
+                       compute=_counted(lambda: training_compute(stage, dtype)), bf16=bf16)
 
 
-def _generation(plan: Any, hardware: Hardware) -> list[StageResult]:
+def _counted(count: Callable[[], Any]) -> Any:
+    """A FLOP count, or why it failed: compute figures are informative and never stop the memory check."""
+    try:
+        return count()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:100]}" if str(error) else type(error).__name__
+
+
+def _generation(plan: Any, hardware: Hardware) -> tuple[list[StageResult], VolumeCompute | str]:
     from generatect_kedro.capacity.measure import measure_inference
 
     weights = sum(4 * sum(p.numel() for p in m.parameters()) + sum(b.numel() * b.element_size() for b in m.buffers())
@@ -212,6 +240,8 @@ def _generation(plan: Any, hardware: Hardware) -> list[StageResult]:
     encoder = plan.text_encoder
     if encoder.parameters is not None and encoder.on_gpu:
         weights += encoder.parameters * torch.empty((), dtype=encoder.dtype).element_size()
+    volume = _counted(lambda: generation_compute(plan))
+    per_workload = {w.name: w for w in volume.workloads} if isinstance(volume, VolumeCompute) else {}
     results = []
     for workload in plan.workloads:
         key = (workload.signature, plan.autocast)
@@ -220,19 +250,22 @@ def _generation(plan: Any, hardware: Hardware) -> list[StageResult]:
         estimate = MemoryEstimate(weights=weights,
                                   activations=_INFERENCE_MEASUREMENTS[key].peak_bytes + workload.extra_bytes,
                                   reserved=hardware.reserved_bytes if plan.on_gpu else 0)
-        results.append(StageResult("generation", workload.name, "", estimate, plan.on_gpu, workload.advice))
-    return results
+        results.append(StageResult("generation", workload.name, "", estimate, plan.on_gpu, workload.advice,
+                                   compute=per_workload.get(workload.name), bf16=plan.autocast is not None))
+    return results, volume
 
 
-def check_config(project_dir: Path, env: str, gpu_memory_gb: float | None = None) -> CapacityReport:
-    """Size every stage of ``env`` (see the package docstring); config errors raise ValueError."""
+def check_config(project_dir: Path, env: str, gpu_memory_gb: float | None = None,
+                 bf16_tflops: float | None = None) -> CapacityReport:
+    """Size every stage of ``env`` (see the package docstring); config errors raise ValueError. ``gpu_memory_gb``
+    and ``bf16_tflops`` override the ``hardware`` block's."""
     from generatect_kedro.capacity.meta_models import build_generation, build_training_stages
 
     params = load_parameters(project_dir, env)
     if params.get("hardware") is None and gpu_memory_gb is None:
         raise ValueError(f"environment {env!r} has no `hardware` parameters block: add "
                          "conf/<env>/parameters_hardware.yml (see conf/base) or pass --gpu-memory-gb")
-    hardware = Hardware.from_params(params.get("hardware"), gpu_memory_gb)
+    hardware = Hardware.from_params(params.get("hardware"), gpu_memory_gb, bf16_tflops)
     stages = build_training_stages(params)
     plan = build_generation(params)
     rows = [(part.name, _millions(part.parameters), f"{stage.name}, trained")
@@ -250,7 +283,9 @@ def check_config(project_dir: Path, env: str, gpu_memory_gb: float | None = None
             report.stages.append(_training(stage, hardware, project_dir, seen, report.deepspeed))
         except ValueError as error:
             report.problems.append(f"{stage.name}: {error}")
-    report.stages += _generation(plan, hardware)
+    generation, report.generation_compute = _generation(plan, hardware)
+    report.stages += generation
+    report.generation_bf16 = plan.autocast is not None
     return report
 
 

@@ -5,7 +5,7 @@ Samplers follow the diffusers contract ``set_timesteps(n)`` / ``step(model_outpu
 """
 
 from generatect_kedro.diffusion.ancestral import AncestralSampler
-from generatect_kedro.diffusion.dpm_solver import DPMSolverPlusPlus2M
+from generatect_kedro.diffusion.dpm_solver import DPMSolverPlusPlus2M, DPMSolverPlusPlus2MSDE
 from generatect_kedro.diffusion.guidance import GuidedDenoiser
 from generatect_kedro.diffusion.loss import LossDraws, SuperresLossOutput, draw_loss_randomness, superres_v_loss
 from generatect_kedro.diffusion.schedule import COSINE, LINEAR, NoiseSchedule, SamplerOutput, dynamic_threshold
@@ -28,6 +28,7 @@ __all__ = [
     "Cascade",
     "CascadeStage",
     "DPMSolverPlusPlus2M",
+    "DPMSolverPlusPlus2MSDE",
     "GeneratorNoise",
     "GuidedDenoiser",
     "LossDraws",

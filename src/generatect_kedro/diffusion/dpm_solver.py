@@ -34,7 +34,7 @@ from generatect_kedro.diffusion.schedule import (
     log_snr_to_alpha_sigma,
 )
 
-__all__ = ["DPMSolverPlusPlus2M", "time_from_log_snr"]
+__all__ = ["DPMSolverPlusPlus2M", "DPMSolverPlusPlus2MSDE", "time_from_log_snr"]
 
 Spacing = Literal["time", "logsnr"]
 
@@ -64,6 +64,7 @@ class DPMSolverPlusPlus2M:
         min_log_snr: float = -10.0,
         lower_order_final: bool = True,
         solver_order: int = 2,
+        clip_denoised: bool = False,
     ):
         if solver_order not in (1, 2):
             raise ValueError("solver_order must be 1 (DPM-Solver++1, i.e. DDIM) or 2")
@@ -76,11 +77,13 @@ class DPMSolverPlusPlus2M:
         self.min_log_snr = min_log_snr
         self.lower_order_final = lower_order_final
         self.solver_order = solver_order
+        self.clip_denoised = clip_denoised
         self.times: Tensor | None = None
         self.timesteps: Tensor | None = None
         self._reset()
 
     def _reset(self) -> None:
+        self._final = False
         self._x0_prev: Tensor | None = None
         self._h_prev: Tensor | None = None
         self._last_index = -1
@@ -104,7 +107,9 @@ class DPMSolverPlusPlus2M:
 
     def predict_start(self, model_output: Tensor, t: float | Tensor, sample: Tensor) -> Tensor:
         x_start = self.schedule.predict_start_from_v(sample, t, model_output)
-        return dynamic_threshold(x_start, self.threshold_percentile) if self.dynamic_thresholding else x_start
+        if self.dynamic_thresholding:
+            return dynamic_threshold(x_start, self.threshold_percentile)
+        return x_start.clamp(-1.0, 1.0) if self.clip_denoised else x_start
 
     def step(
         self,
@@ -139,8 +144,43 @@ class DPMSolverPlusPlus2M:
         else:
             r = self._h_prev / h
             d = (1 + 1 / (2 * r)).to(sample.dtype) * x_start - (1 / (2 * r)).to(sample.dtype) * self._x0_prev
-        ratio = (sigma[1] / sigma[0]).to(sample.dtype)
-        coef = (-alpha[1] * torch.expm1(-h)).to(sample.dtype)
-        prev = ratio * sample + coef * d
+        self._final = i == n - 1
+        prev = self._update(sample, d, alpha[1], sigma, h, generator=generator, noise=noise)
         self._x0_prev, self._h_prev, self._last_index = x_start, h, i
         return SamplerOutput(prev_sample=prev, pred_original_sample=x_start)
+
+    def _update(self, sample: Tensor, d: Tensor, alpha_next: Tensor, sigma: Tensor, h: Tensor, *,
+                generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+        """The probability-flow ODE step (exact for a constant data prediction ``d`` over the interval)."""
+        ratio = (sigma[1] / sigma[0]).to(sample.dtype)
+        coef = (-alpha_next * torch.expm1(-h)).to(sample.dtype)
+        return ratio * sample + coef * d
+
+
+class DPMSolverPlusPlus2MSDE(DPMSolverPlusPlus2M):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5; diffusers' ``sde-dpmsolver++``): the same multistep data
+    prediction, integrated along the reverse SDE instead of the ODE, with fresh noise every step:
+
+        x_next = (σ_next/σ_t)·e^{−h}·x + α_next·(1 − e^{−2h})·D + σ_next·√(1 − e^{−2h})·ε
+
+    Why: the ODE carries the initial noise deterministically to x₀, so a model whose x̂₀ is still noisy late
+    in sampling leaves that error in the output (on the demo cascade: +45 % high-frequency power over the
+    ancestral sampler at any step count); the SDE re-injects fresh noise and lets the later, more accurate
+    predictions wash earlier errors out, as the ancestral sampler does, at a second-order step. The last step
+    onto t = 0 is the ODE's (no noise), as the ancestral sampler's last step is noise-free.
+    """
+
+    stochastic = True
+
+    def _update(self, sample: Tensor, d: Tensor, alpha_next: Tensor, sigma: Tensor, h: Tensor, *,
+                generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+        if self._final:
+            return super()._update(sample, d, alpha_next, sigma, h, generator=generator, noise=noise)
+        decay = torch.exp(-h)
+        ratio = (sigma[1] / sigma[0] * decay).to(sample.dtype)
+        coef = (alpha_next * -torch.expm1(-2 * h)).to(sample.dtype)
+        if noise is None:
+            device = generator.device if generator is not None else sample.device
+            noise = torch.randn(sample.shape, generator=generator, device=device, dtype=sample.dtype)
+        noise_scale = (sigma[1] * torch.sqrt(-torch.expm1(-2 * h))).to(sample.dtype)
+        return ratio * sample + coef * d + noise_scale * noise.to(sample.device, sample.dtype)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from generatect_kedro.diffusion.ancestral import AncestralSampler
-from generatect_kedro.diffusion.dpm_solver import DPMSolverPlusPlus2M
+from generatect_kedro.diffusion.dpm_solver import DPMSolverPlusPlus2M, DPMSolverPlusPlus2MSDE
 from generatect_kedro.diffusion.guidance import GuidedDenoiser
 from generatect_kedro.diffusion.schedule import LINEAR, NoiseSchedule, SamplerOutput
 
@@ -43,7 +43,9 @@ __all__ = [
     "upsample_volume",
 ]
 
-SAMPLERS: dict[str, type] = {"ancestral": AncestralSampler, "dpm++2m": DPMSolverPlusPlus2M}
+SAMPLERS: dict[str, type] = {
+    "ancestral": AncestralSampler, "dpm++2m": DPMSolverPlusPlus2M, "dpm++2m-sde": DPMSolverPlusPlus2MSDE,
+}
 StepCallback = Callable[[int, Tensor, Tensor, Tensor, SamplerOutput], None]
 
 

@@ -40,7 +40,8 @@ LOG = logging.getLogger(__name__)
 
 __all__ = ["GenerationItem", "SamplerSettings", "VolumeSampler", "resolve_precision"]
 
-_STAGE_KEYS = ("sampler", "steps", "cond_scale", "lowres_noise_level")
+_STAGE_KEYS = ("sampler", "steps", "cond_scale", "lowres_noise_level", "dynamic_thresholding", "threshold_percentile")
+_STAGE_DEFAULTS = {"dynamic_thresholding": True, "threshold_percentile": 0.95}  # models registered before the switch
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -52,6 +53,13 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
+
+
+def _switch(value: Any, stage_index: int) -> bool:
+    if not isinstance(value, bool):
+        raise GenerationError(f"generation.sampler.superres stage {stage_index + 1}: dynamic_thresholding must be "
+                              f"true or false, got {value!r}")
+    return value
 
 
 class _Autocast(nn.Module):
@@ -88,10 +96,11 @@ class SamplerSettings:
     """Effective sampler settings: the registered ones, overridden by ``generation.sampler``."""
 
     transformer: MaskGITSamplerConfig
-    stages: tuple[dict[str, Any], ...]  # per cascade stage: sampler, steps, cond_scale, lowres_noise_level
+    stages: tuple[dict[str, Any], ...]  # per cascade stage: the _STAGE_KEYS
     batch_size: int = 4  # items the transformer samples together
     slice_batch_size: int = 8  # axial slices per U-Net call
     precision: str = "auto"  # auto | fp32 | bf16; from_params resolves auto when the models have a device
+    compile: bool = False  # torch.compile the super-resolution U-Nets (see VolumeSampler)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None, models: LoadedModels) -> SamplerSettings:
@@ -111,7 +120,7 @@ class SamplerSettings:
                                   f"{len(stages)}-stage cascade")
         effective = []
         for i, stage in enumerate(stages):
-            values = {k: stage[k] for k in _STAGE_KEYS}
+            values = {k: stage[k] if k in stage else _STAGE_DEFAULTS[k] for k in _STAGE_KEYS}
             extra = dict(per_stage[i]) if i < len(per_stage) and per_stage[i] else {}
             unknown = sorted(set(extra) - set(_STAGE_KEYS))
             if unknown:
@@ -119,7 +128,9 @@ class SamplerSettings:
             values.update({k: v for k, v in extra.items() if v is not None})
             effective.append({"stage": i + 1, "sampler": str(values["sampler"]), "steps": int(values["steps"]),
                               "cond_scale": float(values["cond_scale"]),
-                              "lowres_noise_level": float(values["lowres_noise_level"])})
+                              "lowres_noise_level": float(values["lowres_noise_level"]),
+                              "dynamic_thresholding": _switch(values["dynamic_thresholding"], i),
+                              "threshold_percentile": float(values["threshold_percentile"])})
         batch, slices = int(p.get("batch_size", 4)), int(p.get("slice_batch_size", 8))
         if batch < 1 or slices < 1:
             raise GenerationError("generation.sampler.batch_size and slice_batch_size must be ≥ 1")
@@ -128,12 +139,16 @@ class SamplerSettings:
         device = getattr(models, "device", None)  # none when serving pins settings at registration: auto stays
         if device is not None:
             precision = resolve_precision(precision, device)
-        return cls(transformer, tuple(effective), batch, slices, precision)
+        compile_unets = p.get("compile", False)
+        if not isinstance(compile_unets, bool):
+            raise GenerationError(f"generation.sampler.compile must be true or false, got {compile_unets!r}")
+        return cls(transformer, tuple(effective), batch, slices, precision, compile_unets)
 
     def record(self) -> dict[str, Any]:
         """The sidecar's ``sampler`` section."""
         return {"transformer": dict(dataclasses.asdict(self.transformer)), "superres": [dict(s) for s in self.stages],
-                "batch_size": self.batch_size, "slice_batch_size": self.slice_batch_size, "precision": self.precision}
+                "batch_size": self.batch_size, "slice_batch_size": self.slice_batch_size, "precision": self.precision,
+                "compile": self.compile}
 
 
 class VolumeSampler:
@@ -156,10 +171,19 @@ class VolumeSampler:
         base = models.cascade
         stages = [dataclasses.replace(stage, sampler=s["sampler"], steps=s["steps"], cond_scale=s["cond_scale"],
                                       lowres_noise_level=s["lowres_noise_level"],
-                                      unet=_Autocast(stage.unet) if self.bf16 else stage.unet)
+                                      dynamic_thresholding=s["dynamic_thresholding"],
+                                      threshold_percentile=s["threshold_percentile"],
+                                      unet=self._unet_call(stage.unet, settings.compile))
                   for stage, s in zip(base.stages, settings.stages)]
         self.cascade = Cascade(stages)  # shares the registered U-Nets; only the sampling settings differ
         self._text: dict[str, torch.Tensor] = {}
+
+    def _unet_call(self, unet: nn.Module, compile_unet: bool) -> nn.Module:
+        """The U-Net as the sampler calls it: under bf16 autocast when asked, compiled when asked. Compiling
+        costs a minute or more on the first call of each slice-batch shape (a volume's last, smaller batch is a
+        second shape) and pays only over many volumes; ``benchmarks/bench_generation.py --compile`` measures it."""
+        call = _Autocast(unet) if self.bf16 else unet
+        return torch.compile(call, dynamic=False) if compile_unet else call
 
     # ---- checks ----------------------------------------------------------------------------------------
 
