@@ -19,12 +19,14 @@ over one rank and efficiency (speedup / K). ``run()`` returns ``benchlib.record`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +41,22 @@ SLICES, STEPS = 17, 12
 BARRIER_TIMEOUT_S = 600.0
 
 
-def _configure_models() -> None:
-    """The demo shapes of bench_generation (17x32² tokens → 17x64² volumes)."""
+@contextlib.contextmanager
+def _demo_shapes() -> Iterator[None]:
+    """The demo shapes of bench_generation (17x32² tokens → 17x64² volumes) in the fixtures' model configs, put
+    back afterwards (tests import the same module and expect its tiny shapes)."""
     import generation_fixtures as fx
 
+    saved = {name: dict(getattr(fx, name)) for name in ("CTVIT", "MASKGIT", "UNET")}
     fx.CTVIT.update(image_size=32, patch_size=8, dim=64)
     fx.MASKGIT.update(dim=128, depth=2, max_seq_len=256)
     fx.UNET.update(dim=16, dim_mults=[1, 2, 4], max_text_len=64, attn_pool_max_seq_len=64)
+    try:
+        yield
+    finally:
+        for name, values in saved.items():
+            getattr(fx, name).clear()
+            getattr(fx, name).update(values)
 
 
 def _barrier(folder: Path, rank: int, world: int) -> None:
@@ -71,9 +82,9 @@ def worker(registry_root: Path, out_dir: Path, volumes: int, device: str) -> Non
     rank, world = rank_info()
     if device == "cpu":
         torch.set_num_threads(1)
-    _configure_models()
-    fx.use_registry(registry_root)
-    models = load_models(ModelRequest(), text_encoder={"device": "cpu"}, device=device)
+    with _demo_shapes():
+        fx.use_registry(registry_root)
+        models = load_models(ModelRequest(), text_encoder={"device": "cpu"}, device=device)
     settings = SamplerSettings.from_params({"superres": {"sampler": "dpm++2m", "steps": STEPS},
                                             "slice_batch_size": SLICES}, models)
     sampler = VolumeSampler(models, settings, geometry_from_params({"spacing_mm": [0.75, 0.75, 1.5]}))
@@ -124,14 +135,19 @@ def run(quick: bool = False, device: str = "cpu", ranks: list[int] | None = None
     ranks = ranks or _default_ranks(device)
     volumes = volumes or (4 if quick else 8)
     results = []
-    with tempfile.TemporaryDirectory() as scratch:
+    import mlflow
+
+    tracking_uri = mlflow.get_tracking_uri()
+    with tempfile.TemporaryDirectory() as scratch, _demo_shapes():
         root = Path(scratch)
-        _configure_models()
         fx.use_registry(root)
-        fx.register_tiny_models(root)
-        for k in ranks:
-            results.append(_launch(k, root, root / f"ranks-{k}", volumes, device))
-            print(f"  {k} rank(s): {results[-1]['seconds']:.2f} s for {volumes} volumes", flush=True)
+        try:
+            fx.register_tiny_models(root)
+            for k in ranks:
+                results.append(_launch(k, root, root / f"ranks-{k}", volumes, device))
+                print(f"  {k} rank(s): {results[-1]['seconds']:.2f} s for {volumes} volumes", flush=True)
+        finally:
+            mlflow.set_tracking_uri(tracking_uri)  # the throwaway registry goes with the folder
     base = results[0]["seconds"] * results[0]["ranks"]  # one rank's time (the first count is 1 unless asked)
     shape = f"{volumes}×{SLICES}×64×64"
     print(f"\n{'ranks':>5s} {'seconds':>8s} {'volumes/s':>10s} {'speedup':>8s} {'efficiency':>10s}  volumes per rank")
