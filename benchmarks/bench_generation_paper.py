@@ -128,11 +128,15 @@ def run(quick: bool = False, device: str = "cpu", env: str = "gpu_24gb", volumes
     print(f"{seconds:.2f} s/volume ({', '.join(f'{k} {v:.2f}' for k, v in stages.items())}), {memory}, "
           f"warm-up volume {warmup:.1f} s, output {tuple(shape)}{goal}")
     dims = "×".join(map(str, shape))
+    if steps:
+        goal = (f"; SMOKE TEST ({slice_count} slices, {steps} step(s) per sampler{', CPU fp32' if not cuda else ''}): "
+                "proves the path, says nothing about the goal")
     common = dict(env=env, device=device, precision=settings.precision, slices=slice_count,
                   sampler=settings.record(), parameters_m=parameters / 1e6, smoke=bool(steps))
-    records = [record(BENCHMARK, f"{env}: whole volume", dims, seconds, per_second(1, seconds), "volumes/s", rss,
+    label = f"{env}{' smoke test' if steps else ''}"
+    records = [record(BENCHMARK, f"{label}: whole volume", dims, seconds, per_second(1, seconds), "volumes/s", rss,
                       gpu_mib, notes=f"random weights, MiniLM text; warm-up {warmup:.1f} s{goal}", **common)]
-    records += [record(BENCHMARK, f"{env}: {name}", dims, value, per_second(1, value), "volumes/s",
+    records += [record(BENCHMARK, f"{label}: {name}", dims, value, per_second(1, value), "volumes/s",
                        notes=f"{100 * value / seconds:.0f}% of the volume", **common) for name, value in stages.items()]
     return records
 
