@@ -7,8 +7,9 @@
 What runs is the product's path: ``torchrun --standalone --nproc_per_node K`` starts K workers; each loads the
 registered models (random demo-sized CT-ViT, MaskGIT and a one-stage x2 cascade, 17x32² → 17x64², DPM-Solver++
 12 steps, in a throwaway SQLite registry), then ``generation.batch.generate_batch`` takes items
-``rank::K`` and writes real NIfTI files and sidecars (no previews, no MLflow run). Model loading is excluded: the
-ranks meet at a file barrier once loaded, and the time is from the first rank leaving the barrier to the last
+``rank::K`` and writes real NIfTI files and sidecars (no previews, no MLflow run). Model loading and one unwritten
+warm-up volume per rank (first-call costs, which would otherwise flatter more ranks) are excluded: the ranks meet
+at a file barrier once warm, and the time is from the first rank leaving the barrier to the last
 rank finishing (rank 0 also waits for the others' reports, as in production).
 
 On CPU each rank gets one thread (``OMP_NUM_THREADS=1``), i.e. one core, as each rank gets one GPU on a GPU
@@ -90,6 +91,7 @@ def worker(registry_root: Path, out_dir: Path, volumes: int, device: str) -> Non
     sampler = VolumeSampler(models, settings, geometry_from_params({"spacing_mm": [0.75, 0.75, 1.5]}))
     items = [GenerationItem(f"item{i:03d}", PROMPTS[i % len(PROMPTS)], 1000 + i, SLICES) for i in range(volumes)]
     batch = BatchSettings(out_dir=out_dir / "volumes", progress=False, track=False, preview=False)
+    list(sampler.generate([GenerationItem("warm-up", PROMPTS[0], 999, SLICES)]))  # first-call costs, not written
     _barrier(out_dir, rank, world)
     start = time.time()
     generate_batch(sampler, items, batch)
