@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import time
 
 import torch
 from benchlib import (MFU_HEADER, add_common_args, add_precision_arg, autocast, describe_mfu, describe_peak,
-                      device_bf16_peak_tflops, mfu_cells, mfu_fields, peak_rss_mib, per_second, record,
+                      device_bf16_peak_tflops, memory_baseline, memory_peaks, mfu_cells, mfu_fields,
+                      per_second, record,
                       resolve_precision, write_json)
 
 from generatect_kedro.models.ctvit import CTViT, CTViTConfig
@@ -54,11 +54,6 @@ PAPER_BATCH_BACKWARD = ("paper    4×201×128² (conf/base batch)", PAPER, (4, 2
 CUDA_MIN_REPEATS = 5  # timed runs per case on a GPU (after the warm-up)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repeats: int, device: str = "cpu",
              precision: str = "fp32") -> dict:
     """Child-process body: time forward(+backward) and report the activation peak; a training case's warm-up
@@ -70,10 +65,7 @@ def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repea
     b, slices, size = shape
     volume = (torch.rand(b, 1, slices, size, size) * 2 - 1).to(device)
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
+    base = memory_baseline(device)
 
     def loss() -> torch.Tensor:
         with autocast(device, precision):
@@ -94,12 +86,8 @@ def run_case(overrides: dict, shape: tuple[int, int, int], backward: bool, repea
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
-    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    peak = peak_gpu if cuda else peak_rss
     times = times[warmup:]
-    return {"seconds": statistics.median(times), "peak_delta_mb": peak - base, "peak_rss_mb": peak_rss,
-            "peak_gpu_mb": peak_gpu, "flops": flops,
+    return {"seconds": statistics.median(times), **memory_peaks(device, base), "flops": flops,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "tokens": b * math.prod(model.config.token_grid(slices))}
 

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,8 @@ import time
 
 import torch
 from benchlib import (MFU_HEADER, add_common_args, add_precision_arg, autocast, describe_mfu, describe_peak,
-                      device_bf16_peak_tflops, mfu_cells, mfu_fields, peak_rss_mib, per_second, record,
+                      device_bf16_peak_tflops, memory_baseline, memory_peaks, mfu_cells, mfu_fields,
+                      per_second, record,
                       resolve_precision, write_json)
 
 from generatect_kedro.losses.maskgit_loss import masked_token_loss
@@ -58,11 +58,6 @@ PAPER_CASES = [
 ]
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: str, batch: int, repeats: int,
              device: str = "cpu", precision: str = "fp32") -> dict:
     """Child-process body: build, warm up (when repeating; a training case counts its FLOPs then), time
@@ -79,10 +74,7 @@ def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: s
     gen = torch.Generator(device=device).manual_seed(0)
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
+    base = memory_baseline(device)
 
     def loss() -> torch.Tensor:
         with autocast(device, precision):
@@ -120,11 +112,7 @@ def run_case(overrides: dict, grid: tuple[int, int, int], text_key: str, kind: s
     flops = count_training_flops(loss, modules=[model]) if kind == "train" else None  # the warm-up step
     warmup = 0 if kind == "train" else (1 if repeats > 1 else 0)
     times = [once() for _ in range(repeats + warmup)][warmup:]
-    peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
-    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    peak = peak_gpu if cuda else peak_rss
-    return {"seconds": statistics.median(times), "peak_delta_mb": peak - base, "tokens": n, "flops": flops,
-            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu,
+    return {"seconds": statistics.median(times), **memory_peaks(device, base), "tokens": n, "flops": flops,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "depth": config.depth}
 
 

@@ -38,7 +38,8 @@ import time
 
 import torch
 from benchlib import (MFU_HEADER, add_common_args, add_precision_arg, autocast, describe_mfu, describe_peak,
-                      device_bf16_peak_tflops, mfu_cells, mfu_fields, peak_rss_mib, per_second, record,
+                      device_bf16_peak_tflops, memory_baseline, memory_peaks, mfu_cells, mfu_fields,
+                      per_second, record,
                       resolve_precision, write_json)
 from torch import nn
 
@@ -81,11 +82,6 @@ def unet_call_flops(config: dict, lowres: int, scale: int, text_embed_dim: int |
     return count_flops(lambda: denoiser(torch.empty(1, 1, side, side, device=meta), torch.empty(1, device=meta)))
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def run_case(config: dict, slices: int, lowres: int, scale: int, sampler: str, steps: int, batch: int,
              device: str, precision: str = "fp32") -> dict:
     """Child-process body: one upsample_volume call; seconds and the memory peak above the baseline."""
@@ -97,30 +93,17 @@ def run_case(config: dict, slices: int, lowres: int, scale: int, sampler: str, s
     volume = torch.rand(slices, lowres, lowres) * 2 - 1
     text = torch.randn(1, TEXT_TOKENS, unet.config.text_embed_dim)
     mask = torch.arange(TEXT_TOKENS)[None] < 40
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        base = rss_mb()
+    base = memory_baseline(device)
     cpu_start = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     out = upsample_volume(model, volume, text, mask, scale=scale, sampler=sampler, steps=steps,
                           slice_batch_size=batch, generator=torch.Generator().manual_seed(0))
-    peak_rss = peak_rss_mib()  # VmHWM: ru_maxrss includes the parent's peak
-    peak_gpu = None
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak_gpu = torch.cuda.max_memory_allocated() / 2**20
-        peak = peak_gpu - base
-    else:
-        peak = peak_rss - base
+    peaks = memory_peaks(device, base)
     seconds = time.perf_counter() - start
     cpu_end = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu_end.ru_utime + cpu_end.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime
     assert out.shape == (slices, lowres * scale, lowres * scale)
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_delta_mb": peak, "params_m": sum(p.numel() for p in unet.parameters()) / 1e6,
-            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu}
+    return {"seconds": seconds, "cpu_seconds": cpu, **peaks, "params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
 
 
 def run_train_case(config: dict, slices: int, lowres: int, scale: int, repeats: int, device: str,
@@ -140,10 +123,7 @@ def run_train_case(config: dict, slices: int, lowres: int, scale: int, repeats: 
     text = torch.randn(slices, TEXT_TOKENS, unet.config.text_embed_dim).to(device)
     mask = (torch.arange(TEXT_TOKENS)[None] < 40).expand(slices, -1).to(device)
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
+    base = memory_baseline(device)
 
     def loss() -> torch.Tensor:
         draws = draw_loss_randomness(target, cond_drop_prob=0.1)
@@ -159,11 +139,8 @@ def run_train_case(config: dict, slices: int, lowres: int, scale: int, repeats: 
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak_rss = peak_rss_mib()
-    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    return {"seconds": statistics.median(times), "cpu_seconds": None, "flops": flops,
-            "peak_delta_mb": (peak_gpu if cuda else peak_rss) - base, "peak_rss_mb": peak_rss,
-            "peak_gpu_mb": peak_gpu, "params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
+    return {"seconds": statistics.median(times), "cpu_seconds": None, "flops": flops, **memory_peaks(device, base),
+            "params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
 
 
 def spawn_best(args: tuple, threads: int, repeats: int) -> dict:

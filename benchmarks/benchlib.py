@@ -66,6 +66,31 @@ def peak_gpu_mib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
+def memory_baseline(device: str) -> float:
+    """MiB in use before a case runs: on CUDA the allocated memory (after resetting the peak counter), else this
+    process's current resident set (``/proc/self/statm``); `memory_peaks` reports the peak above it."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def memory_peaks(device: str, base: float) -> dict[str, float | None]:
+    """``peak_rss_mb`` (VmHWM), ``peak_gpu_mb`` (None off CUDA) and ``peak_delta_mb``: the device's peak minus
+    ``base`` from `memory_baseline`."""
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    peak_rss, peak_gpu = peak_rss_mib(), peak_gpu_mib(device)
+    return {"peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu, "peak_delta_mb": (peak_gpu if cuda else peak_rss) - base}
+
+
 def add_common_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the result records to this JSON file")
     if device:
